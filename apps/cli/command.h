@@ -1,0 +1,35 @@
+// Sub-command registry of the `amused` CLI. Each apps/cli/cmd_*.cpp registers itself with a static
+// `Registrar`, so adding a command never touches main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace amused::cli {
+
+// `setup` adds the sub-command's options to `sub` and returns the function that runs it
+// (called after parsing; returns the process exit code).
+using Setup = std::function<std::function<int()>(CLI::App& sub)>;
+
+struct Command {
+  std::string name;
+  std::string description;
+  Setup setup;
+};
+
+std::vector<Command>& registry();
+
+struct Registrar {
+  Registrar(std::string name, std::string description, Setup setup) {
+    registry().push_back({std::move(name), std::move(description), std::move(setup)});
+  }
+};
+
+// True when stdout / stderr is a terminal (progress bars only then).
+bool stdout_is_tty();
+bool stderr_is_tty();
+
+}  // namespace amused::cli

@@ -1,0 +1,45 @@
+#include "core/log.h"
+
+#include <cstdio>
+#include <mutex>
+
+namespace amused::log {
+namespace {
+std::mutex g_mutex;
+Sink g_sink;
+Level g_min = Level::Info;
+
+const char* level_name(Level l) {
+  switch (l) {
+    case Level::Debug: return "debug";
+    case Level::Info: return "info";
+    case Level::Warn: return "warning";
+    case Level::Error: return "error";
+  }
+  return "?";
+}
+}  // namespace
+
+void set_sink(Sink sink) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_sink = std::move(sink);
+}
+void set_min_level(Level level) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_min = level;
+}
+Level min_level() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_min;
+}
+void write(Level level, const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (level < g_min) return;
+  if (g_sink) {
+    g_sink(level, message);
+    return;
+  }
+  std::fprintf(stderr, "amused: %s: %s\n", level_name(level), message.c_str());
+}
+
+}  // namespace amused::log

@@ -1,0 +1,68 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "amused/error.h"
+
+namespace amused::io {
+namespace fs = std::filesystem;
+
+namespace {
+fs::path temp_path_for(const fs::path& path) {
+  static std::atomic<unsigned> counter{0};
+  std::random_device rd;
+  return path.parent_path() /
+         ("." + path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+          std::to_string(counter++) + "." + std::to_string(rd() % 100000));
+}
+
+void fsync_path(const fs::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+}  // namespace
+
+void write_file_atomic(const fs::path& path, const std::function<void(std::ostream&)>& writer) {
+  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw IoError("cannot write '" + path.string() + "': folder '" + dir.string() +
+                  "' does not exist (create it first)");
+  }
+  const fs::path tmp = temp_path_for(path.has_parent_path() ? path : fs::path(".") / path);
+  try {
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) {
+        throw IoError("cannot write '" + path.string() + "': " + std::strerror(errno));
+      }
+      writer(out);
+      out.flush();
+      if (!out) throw IoError("failed writing '" + path.string() + "' (disk full?)");
+    }
+    fsync_path(tmp);
+    fs::rename(tmp, path, ec);
+    if (ec) throw IoError("cannot move '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
+    fsync_path(dir);
+  } catch (...) {
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+void write_file_atomic(const fs::path& path, std::string_view bytes) {
+  write_file_atomic(path, [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); });
+}
+
+}  // namespace amused::io

@@ -1,0 +1,75 @@
+// Golden-data access for tests: the manifest, its tensors, and comparisons that print useful
+// diagnostics (max-abs, worst index, first values side by side).
+//
+// Golden folder: $AMUSED_GOLDEN_DIR, else ../shared/golden relative to the source tree.
+// When it is missing: a failure under CI=true, otherwise the test is skipped with a message.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace amused::testing {
+
+std::filesystem::path golden_dir();
+bool golden_available();
+bool running_in_ci();
+
+// The parsed manifest.json (cached).
+const nlohmann::json& manifest();
+// The case with this id; fails the test (throws) when absent.
+const nlohmann::json& golden_case(const std::string& id);
+// All cases of a kind ("tokenizer", "text_encoder", ...).
+std::vector<nlohmann::json> golden_cases_of_kind(const std::string& kind);
+// Loads the tensor behind a descriptor {"file","key",...} (a CPU tensor).
+torch::Tensor golden_tensor(const nlohmann::json& descriptor);
+// Absolute path of something inside the golden folder ("models/tiny-a").
+std::filesystem::path golden_path(const std::string& relative);
+
+// Comparisons. `name` appears in the failure message.
+::testing::AssertionResult tensors_equal(const torch::Tensor& actual, const torch::Tensor& expected,
+                                         const std::string& name);
+::testing::AssertionResult tensors_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                         double atol, double rtol, const std::string& name);
+// Uses the descriptor's "tolerance" ({"kind": exact|allclose|max_abs_diff, ...}).
+::testing::AssertionResult matches_descriptor(const torch::Tensor& actual, const nlohmann::json& descriptor,
+                                              const std::string& name);
+
+// A fresh empty temporary folder, removed by the destructor.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs the built `amused` CLI with `args` (shell-quoted by the caller), capturing stdout and stderr.
+struct CliResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+CliResult run_cli(const std::string& args);
+
+}  // namespace amused::testing
+
+// Skips (locally) or fails (CI=true) when the golden folder is absent.
+#define AMUSED_REQUIRE_GOLDEN()                                                                   \
+  do {                                                                                            \
+    if (!::amused::testing::golden_available()) {                                                 \
+      if (::amused::testing::running_in_ci()) {                                                   \
+        FAIL() << "golden folder " << ::amused::testing::golden_dir()                             \
+               << " is missing (CI=true); set AMUSED_GOLDEN_DIR";                                 \
+      } else {                                                                                    \
+        GTEST_SKIP() << "golden folder " << ::amused::testing::golden_dir()                       \
+                     << " not found; set AMUSED_GOLDEN_DIR to run this test";                    \
+      }                                                                                           \
+    }                                                                                             \
+  } while (0)
