@@ -1,0 +1,147 @@
+#include "core/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "core/log.h"
+
+namespace amused {
+using nlohmann::json;
+
+json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("config file '" + path.string() + "' not found");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw ConfigError("config file '" + path.string() + "' is not valid JSON: " + e.what());
+  }
+}
+
+ConfigReader::ConfigReader(const json& j, std::string source, const std::string& expected_class,
+                           std::vector<std::string> alternative_classes)
+    : j_(j), source_(std::move(source)) {
+  if (!j_.is_object()) throw ConfigError(source_ + ": expected a JSON object, got " + j_.type_name());
+  if (!expected_class.empty() && j_.contains("_class_name")) {
+    const auto& c = j_["_class_name"];
+    if (!c.is_string()) type_error("_class_name", "a string");
+    const std::string got = c.get<std::string>();
+    bool ok = got == expected_class;
+    for (const auto& alt : alternative_classes) ok = ok || got == alt;
+    if (!ok)
+      throw ConfigError(source_ + ": _class_name is '" + got + "', expected '" + expected_class +
+                        "' (is this the right model folder?)");
+  }
+}
+
+void ConfigReader::type_error(const char* key, const char* expected) const {
+  std::string value = j_.contains(key) ? j_[key].dump() : "nothing";
+  if (value.size() > 60) value = value.substr(0, 57) + "...";
+  throw ConfigError(source_ + ": key '" + key + "': expected " + expected + ", got " +
+                    (j_.contains(key) ? j_[key].type_name() : "") + " " + value);
+}
+
+const json* ConfigReader::get(const char* key) {
+  used_.insert(key);
+  auto it = j_.find(key);
+  return it == j_.end() ? nullptr : &*it;
+}
+
+void ConfigReader::field(const char* key, bool& out) {
+  if (auto v = get(key)) {
+    if (!v->is_boolean()) type_error(key, "true or false");
+    out = v->get<bool>();
+  }
+}
+void ConfigReader::field(const char* key, int64_t& out) {
+  if (auto v = get(key)) {
+    if (v->is_number_integer()) {
+      out = v->get<int64_t>();
+    } else if (v->is_number_float() && v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))) {
+      out = static_cast<int64_t>(v->get<double>());  // 16.0 is accepted as 16
+    } else {
+      type_error(key, "an integer");
+    }
+  }
+}
+void ConfigReader::field(const char* key, int& out) {
+  int64_t v = out;
+  field(key, v);
+  out = static_cast<int>(v);
+}
+void ConfigReader::field(const char* key, double& out) {
+  if (auto v = get(key)) {
+    if (!v->is_number()) type_error(key, "a number");
+    out = v->get<double>();
+  }
+}
+void ConfigReader::field(const char* key, std::string& out) {
+  if (auto v = get(key)) {
+    if (!v->is_string()) type_error(key, "a string");
+    out = v->get<std::string>();
+  }
+}
+void ConfigReader::field(const char* key, std::vector<int64_t>& out) {
+  if (auto v = get(key)) {
+    if (!v->is_array()) type_error(key, "a list of integers");
+    std::vector<int64_t> r;
+    for (const auto& e : *v) {
+      if (!e.is_number_integer()) type_error(key, "a list of integers");
+      r.push_back(e.get<int64_t>());
+    }
+    out = std::move(r);
+  }
+}
+void ConfigReader::field(const char* key, std::vector<std::string>& out) {
+  if (auto v = get(key)) {
+    if (!v->is_array()) type_error(key, "a list of strings");
+    std::vector<std::string> r;
+    for (const auto& e : *v) {
+      if (!e.is_string()) type_error(key, "a list of strings");
+      r.push_back(e.get<std::string>());
+    }
+    out = std::move(r);
+  }
+}
+void ConfigReader::field(const char* key, std::optional<int64_t>& out) {
+  if (auto v = get(key)) {
+    if (v->is_null()) {
+      out.reset();
+    } else {
+      int64_t x = 0;
+      field(key, x);
+      out = x;
+    }
+  }
+}
+void ConfigReader::field(const char* key, std::optional<std::string>& out) {
+  if (auto v = get(key)) {
+    if (v->is_null()) {
+      out.reset();
+    } else {
+      std::string x;
+      field(key, x);
+      out = x;
+    }
+  }
+}
+
+void ConfigReader::ignore(std::initializer_list<const char*> keys) {
+  for (auto k : keys) used_.insert(k);
+}
+
+void ConfigReader::finish() {
+  std::vector<std::string> unknown;
+  for (auto it = j_.begin(); it != j_.end(); ++it)
+    if (!it.key().empty() && it.key()[0] != '_' && !used_.count(it.key())) unknown.push_back(it.key());
+  if (unknown.empty()) return;
+  std::string list;
+  for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
+  log::warn(source_ + ": ignoring unknown config keys: " + list);
+}
+
+void config_check(bool ok, const std::string& source, const std::string& key, const std::string& why) {
+  if (!ok) throw ConfigError(source + ": " + key + " is invalid: " + why);
+}
+
+}  // namespace amused

@@ -1,0 +1,63 @@
+// Reading and writing config.json files into config structs whose field names equal the JSON keys.
+//
+//   UVit2DConfig c;                       // defaults = the reference's defaults
+//   ConfigReader r(json, path, "UVit2DModel");
+//   r.field("hidden_size", c.hidden_size);  // type-checked; absent keys keep the default
+//   ...
+//   r.finish();                           // one warning listing unknown keys
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "amused/error.h"
+
+namespace amused {
+
+// Reads a JSON file; throws ConfigError naming the file when it is missing or not valid JSON.
+nlohmann::json read_json_file(const std::filesystem::path& path);
+
+class ConfigReader {
+ public:
+  // Checks `_class_name` (when `expected_class` is non-empty and the key is present): a different
+  // class is a ConfigError. `source` names the file in messages.
+  ConfigReader(const nlohmann::json& j, std::string source, const std::string& expected_class = "",
+               std::vector<std::string> alternative_classes = {});
+
+  void field(const char* key, bool& out);
+  void field(const char* key, int64_t& out);
+  void field(const char* key, int& out);
+  void field(const char* key, double& out);
+  void field(const char* key, std::string& out);
+  void field(const char* key, std::vector<int64_t>& out);
+  void field(const char* key, std::vector<std::string>& out);
+  void field(const char* key, std::optional<int64_t>& out);  // null -> nullopt
+  void field(const char* key, std::optional<std::string>& out);
+
+  // Marks keys as known without reading them (e.g. keys the reference also ignores).
+  void ignore(std::initializer_list<const char*> keys);
+
+  // Warns once about keys that were neither read nor ignored (keys starting with '_' are skipped).
+  void finish();
+
+  const nlohmann::json& raw() const { return j_; }
+  const std::string& source() const { return source_; }
+
+  // Throws ConfigError "<source>: key '<key>': expected <what>, got <type> <value>".
+  [[noreturn]] void type_error(const char* key, const char* expected) const;
+
+ private:
+  const nlohmann::json* get(const char* key);
+  const nlohmann::json& j_;
+  std::string source_;
+  std::set<std::string> used_;
+};
+
+// Throws ConfigError "<source>: <key> = <value> is invalid: <why>" when `ok` is false.
+void config_check(bool ok, const std::string& source, const std::string& key, const std::string& why);
+
+}  // namespace amused

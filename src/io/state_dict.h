@@ -1,0 +1,33 @@
+// The one strict loader: copies a state dict into a module whose named_parameters()/named_buffers()
+// equal the checkpoint's keys. Missing, unexpected and wrong-shape keys are errors that list the keys
+// (wrong shapes with both shapes) and name the source file. No module loads its tensors by hand.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace amused::io {
+
+struct LoadOptions {
+  // Keys that may be present in the checkpoint without a matching parameter (matched as suffixes,
+  // e.g. "position_ids" matches "text_model.embeddings.position_ids").
+  std::vector<std::string> benign_extra_suffixes = {"position_ids"};
+  // Parameters that may be absent from the checkpoint (kept as initialised).
+  std::vector<std::string> allowed_missing;
+  // Zero-copy: when a tensor already has the parameter's dtype and device, the parameter takes its
+  // storage (e.g. the memory-mapped file) instead of copying it.
+  bool zero_copy = true;
+};
+
+// `source` names the checkpoint (file path) in error messages.
+void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, const std::string& source,
+                     const LoadOptions& options = {});
+
+// The module's parameters and buffers by name (the state-dict view of a module).
+StateDict module_state_dict(const torch::nn::Module& module);
+
+}  // namespace amused::io

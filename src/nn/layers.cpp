@@ -1,0 +1,105 @@
+#include "nn/layers.h"
+
+#include <cmath>
+
+namespace amused::nn {
+namespace {
+// PyTorch's default init for Linear/Conv: kaiming_uniform(a=sqrt(5)) for weights, U(-1/sqrt(fan_in), ..) for bias.
+void default_init(torch::Tensor& weight, torch::Tensor& bias, int64_t fan_in) {
+  torch::NoGradGuard g;
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
+    bias.uniform_(-bound, bound);
+  }
+}
+}  // namespace
+
+LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias) : in_features(in), out_features(out) {
+  weight = register_parameter("weight", torch::empty({out, in}));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}));
+}
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }
+
+Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t g, bool has_bias)
+    : in_channels(in), out_channels(out), kernel_size(k), stride(s), padding(p), groups(g) {
+  weight = register_parameter("weight", torch::empty({out, in / g, k, k}));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}));
+}
+torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
+  return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
+}
+void Conv2dImpl::reset_parameters() { default_init(weight, bias, in_channels / groups * kernel_size * kernel_size); }
+
+ConvTranspose2dImpl::ConvTranspose2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, bool has_bias)
+    : in_channels(in), out_channels(out), kernel_size(k), stride(s), padding(p) {
+  weight = register_parameter("weight", torch::empty({in, out, k, k}));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}));
+}
+torch::Tensor ConvTranspose2dImpl::forward(const torch::Tensor& x) {
+  return torch::conv_transpose2d(x, weight, bias, {stride, stride}, {padding, padding});
+}
+void ConvTranspose2dImpl::reset_parameters() {
+  // PyTorch computes fan_in from weight.size(1) * k * k for transposed convs.
+  default_init(weight, bias, out_channels * kernel_size * kernel_size);
+}
+
+LayerNormImpl::LayerNormImpl(int64_t d, double e, bool affine, bool has_bias) : dim(d), eps(e) {
+  if (affine) {
+    weight = register_parameter("weight", torch::empty({d}));
+    if (has_bias) bias = register_parameter("bias", torch::empty({d}));
+  }
+}
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+void LayerNormImpl::reset_parameters() {
+  torch::NoGradGuard g;
+  if (weight.defined()) weight.fill_(1.0);
+  if (bias.defined()) bias.zero_();
+}
+
+GroupNormImpl::GroupNormImpl(int64_t groups, int64_t channels, double e, bool affine)
+    : num_groups(groups), num_channels(channels), eps(e) {
+  if (affine) {
+    weight = register_parameter("weight", torch::empty({channels}));
+    bias = register_parameter("bias", torch::empty({channels}));
+  }
+}
+torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) { return torch::group_norm(x, num_groups, weight, bias, eps); }
+void GroupNormImpl::reset_parameters() {
+  torch::NoGradGuard g;
+  if (weight.defined()) weight.fill_(1.0);
+  if (bias.defined()) bias.zero_();
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t n, int64_t d) : num_embeddings(n), embedding_dim(d) {
+  weight = register_parameter("weight", torch::empty({n, d}));
+}
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
+void EmbeddingImpl::reset_parameters() {
+  torch::NoGradGuard g;
+  weight.normal_(0.0, 1.0);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t d, double e, bool affine) : dim(d), eps(e) {
+  if (affine) weight = register_parameter("weight", torch::empty({d}));
+}
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const auto input_dtype = x.scalar_type();
+  auto variance = x.to(torch::kFloat32).pow(2).mean(-1, /*keepdim=*/true);
+  auto h = x * torch::rsqrt(variance + eps);
+  if (weight.defined()) {
+    if (weight.scalar_type() == torch::kFloat16 || weight.scalar_type() == torch::kBFloat16)
+      h = h.to(weight.scalar_type());
+    h = h * weight;
+  } else {
+    h = h.to(input_dtype);
+  }
+  return h;
+}
+void RMSNormImpl::reset_parameters() {
+  torch::NoGradGuard g;
+  if (weight.defined()) weight.fill_(1.0);
+}
+
+}  // namespace amused::nn

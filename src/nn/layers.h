@@ -1,0 +1,99 @@
+// Basic layers shared by all models. Unlike torch::nn's, their parameters are allocated
+// uninitialised (torch::empty) so building a 600M-parameter model costs nothing before its weights
+// are loaded; `reset_parameters()` gives PyTorch's default initialisation for training from scratch.
+// Parameter names equal PyTorch's (`weight`, `bias`), so state-dict keys match the checkpoints.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace amused::nn {
+
+// y = x W^T (+ b). Ref: torch.nn.Linear.
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t in_features, out_features;
+  torch::Tensor weight, bias;  // bias undefined when bias=false
+};
+TORCH_MODULE(Linear);
+
+// Ref: torch.nn.Conv2d (zero padding only).
+class Conv2dImpl : public torch::nn::Module {
+ public:
+  Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
+             int64_t padding = 0, int64_t groups = 1, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t in_channels, out_channels, kernel_size, stride, padding, groups;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Conv2d);
+
+// Ref: torch.nn.ConvTranspose2d; weight layout [in, out / groups, kH, kW].
+class ConvTranspose2dImpl : public torch::nn::Module {
+ public:
+  ConvTranspose2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
+                      int64_t padding = 0, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t in_channels, out_channels, kernel_size, stride, padding;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(ConvTranspose2d);
+
+// LayerNorm over the last dimension. `elementwise_affine` creates `weight`; `bias` is optional
+// (diffusers' bias-free LayerNorm). Ref: torch.nn.LayerNorm.
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t dim, double eps = 1e-5, bool elementwise_affine = true, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t dim;
+  double eps;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(LayerNorm);
+
+// Ref: torch.nn.GroupNorm (affine).
+class GroupNormImpl : public torch::nn::Module {
+ public:
+  GroupNormImpl(int64_t num_groups, int64_t num_channels, double eps = 1e-5, bool affine = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t num_groups, num_channels;
+  double eps;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(GroupNorm);
+
+// Ref: torch.nn.Embedding.
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim);
+  torch::Tensor forward(const torch::Tensor& ids);
+  void reset_parameters();
+  int64_t num_embeddings, embedding_dim;
+  torch::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+// RMSNorm over the last dimension with diffusers' dtype rule: the variance is computed in float32;
+// with a 16-bit weight the normalised x is cast to the weight's dtype before the multiply; with a
+// float32 weight the product stays float32; with no weight the result is cast back to the input dtype,
+// as in diffusers.models.normalization.RMSNorm. Ref: diffusers/models/normalization.py (RMSNorm).
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, bool elementwise_affine = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void reset_parameters();
+  int64_t dim;
+  double eps;
+  torch::Tensor weight;
+};
+TORCH_MODULE(RMSNorm);
+
+}  // namespace amused::nn
