@@ -64,10 +64,13 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
     auto it = state_dict.find(key);
     if (it == state_dict.end()) continue;
     const torch::Tensor& src = it->second;
-    if (options.zero_copy && src.scalar_type() == target.scalar_type() && src.device() == target.device()) {
+    const auto want_dtype = options.dtype && torch::isFloatingType(target.scalar_type()) ? *options.dtype
+                                                                                          : target.scalar_type();
+    const auto want_device = options.device ? *options.device : target.device();
+    if (options.zero_copy && src.scalar_type() == want_dtype && src.device() == want_device) {
       target.set_data(src);
     } else {
-      target.set_data(src.to(target.device(), target.scalar_type()).contiguous());
+      target.set_data(src.to(want_device, want_dtype).contiguous());
     }
   }
 }

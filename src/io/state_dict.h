@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct LoadOptions {
   // Zero-copy: when a tensor already has the parameter's dtype and device, the parameter takes its
   // storage (e.g. the memory-mapped file) instead of copying it.
   bool zero_copy = true;
+  // When set, floating-point tensors are converted to this dtype and every tensor is moved to this
+  // device while loading, and the parameters take that dtype/device (no separate module->to()).
+  std::optional<torch::ScalarType> dtype;
+  std::optional<torch::Device> device;
 };
 
 // `source` names the checkpoint (file path) in error messages.

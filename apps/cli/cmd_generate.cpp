@@ -1,0 +1,220 @@
+// `amused generate`: text-to-image from the command line.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "amused/amused.h"
+#include "amused/image_io.h"
+#include "amused/pipeline.h"
+#include "command.h"
+#include "progress.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+struct GenerateArgs {
+  std::string model;
+  std::vector<std::string> prompts, negative_prompts;
+  int steps = 12;
+  double guidance = 10.0;
+  std::optional<uint64_t> seed;
+  int num_images = 1;
+  std::optional<int> width, height;
+  double aesthetic = 6.0;
+  std::string crop = "0,0";
+  std::string temperature = "2,0";
+  std::string masking_schedule;
+  std::string device = "cpu", dtype = "float32", variant;
+  int threads = 0;
+  bool offline = false;
+  std::string output = "output.png";
+  std::string save_tokens;
+  bool quiet = false, json = false;
+};
+
+std::vector<double> parse_numbers(const std::string& s, const char* flag) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw amused::InvalidArgument(std::string(flag) + ": '" + s + "' is not a number or a comma-separated list of numbers");
+    }
+  }
+  if (out.empty()) throw amused::InvalidArgument(std::string(flag) + ": no value given");
+  return out;
+}
+
+// FILE.png for one image, FILE-0.png, FILE-1.png, ... for several.
+std::vector<fs::path> output_paths(const fs::path& output, size_t n) {
+  if (n == 1) return {output};
+  std::vector<fs::path> out;
+  for (size_t i = 0; i < n; ++i)
+    out.push_back(output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string()));
+  return out;
+}
+
+int run(const GenerateArgs& a) {
+  // Validate everything cheap before loading the model.
+  if (a.prompts.empty()) throw amused::InvalidArgument("--prompt: at least one prompt is required");
+  if (a.negative_prompts.size() > 1 && a.negative_prompts.size() != a.prompts.size())
+    throw amused::InvalidArgument("got " + std::to_string(a.negative_prompts.size()) + " --negative-prompt for " +
+                                  std::to_string(a.prompts.size()) +
+                                  " --prompt (give one negative prompt for all, or one per prompt)");
+  if (a.steps < 1) throw amused::InvalidArgument("--steps must be at least 1, got " + std::to_string(a.steps));
+  if (a.num_images < 1) throw amused::InvalidArgument("--num-images must be at least 1");
+  const fs::path output(a.output);
+  if (output.extension() != ".png")
+    throw amused::InvalidArgument("--output '" + a.output + "' must end in .png");
+  const fs::path out_dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
+  if (!fs::is_directory(out_dir))
+    throw amused::InvalidArgument("--output: folder '" + out_dir.string() + "' does not exist (create it first)");
+  if (!a.save_tokens.empty()) {
+    const fs::path tp(a.save_tokens);
+    const fs::path td = tp.has_parent_path() ? tp.parent_path() : fs::path(".");
+    if (!fs::is_directory(td))
+      throw amused::InvalidArgument("--save-tokens: folder '" + td.string() + "' does not exist");
+  }
+  amused::TextToImageParams p;
+  p.prompts = a.prompts;
+  p.negative_prompts = a.negative_prompts;
+  p.num_inference_steps = a.steps;
+  p.guidance_scale = a.guidance;
+  p.num_images_per_prompt = a.num_images;
+  p.width = a.width;
+  p.height = a.height;
+  p.aesthetic_score = a.aesthetic;
+  const auto crop = parse_numbers(a.crop, "--crop-coord");
+  if (crop.size() != 2) throw amused::InvalidArgument("--crop-coord expects X,Y");
+  p.crop_coord = {static_cast<int>(crop[0]), static_cast<int>(crop[1])};
+  const auto temp = parse_numbers(a.temperature, "--temperature");
+  if (temp.size() == 1) {
+    p.temperature = amused::Temperature::single(temp[0]);
+  } else if (temp.size() == 2) {
+    p.temperature = amused::Temperature::pair(temp[0], temp[1]);
+  } else {
+    throw amused::InvalidArgument("--temperature expects T or A,B");
+  }
+  p.masking_schedule = a.masking_schedule;
+  p.seed = a.seed;
+
+  const bool show_progress = !a.quiet && !a.json && amused::cli::stderr_is_tty();
+  amused::LoadOptions lo;
+  lo.device = a.device;
+  lo.dtype = a.dtype;
+  lo.threads = a.threads;
+  lo.variant = a.variant;
+  lo.offline = a.offline;
+  amused::cli::ProgressBar download_bar(show_progress, "download ");
+  lo.download_progress = [&](const std::string&, uint64_t done, uint64_t total) {
+    download_bar.update(static_cast<double>(done) / (1 << 20), static_cast<double>(total) / (1 << 20));
+  };
+  auto pipe = amused::Pipeline::load(a.model, lo);
+  download_bar.finish();
+
+  amused::cli::ProgressBar bar(show_progress, "generating ");
+  p.progress = [&](const amused::StepInfo& s) {
+    bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
+    return true;
+  };
+  auto result = pipe->text_to_image(p);
+  bar.finish();
+
+  const auto paths = output_paths(output, result.images.size());
+  const size_t np = a.prompts.size();
+  for (size_t i = 0; i < result.images.size(); ++i) {
+    const size_t pi = i % np;  // images per prompt are tiled: [p0, p1, p0, p1]
+    std::string neg = a.negative_prompts.empty() ? "" : a.negative_prompts[a.negative_prompts.size() == 1 ? 0 : pi];
+    std::ostringstream temp_s;
+    for (size_t t = 0; t < temp.size(); ++t) temp_s << (t ? "," : "") << temp[t];
+    amused::TextChunks text = {
+        {"prompt", a.prompts[pi]},
+        {"negative_prompt", neg},
+        {"seed", std::to_string(result.seed)},
+        {"steps", std::to_string(a.steps)},
+        {"guidance_scale", nlohmann::json(a.guidance).dump()},
+        {"model", a.model},
+        {"width", std::to_string(result.images[i].width)},
+        {"height", std::to_string(result.images[i].height)},
+        {"aesthetic_score", nlohmann::json(a.aesthetic).dump()},
+        {"crop_coord", a.crop},
+        {"temperature", temp_s.str()},
+        {"masking_schedule", a.masking_schedule.empty() ? pipe->summary().masking_schedule : a.masking_schedule},
+        {"dtype", a.dtype},
+        {"mode", "text-to-image"},
+        {"image_index", std::to_string(i)},
+        {"software", std::string("amused.cpp ") + amused::version()},
+    };
+    amused::save_png(paths[i], result.images[i], text);
+  }
+  if (!a.save_tokens.empty()) amused::save_token_grids(a.save_tokens, result.tokens);
+
+  const auto& t = result.timings;
+  if (a.json) {
+    nlohmann::json j;
+    j["outputs"] = nlohmann::json::array();
+    for (const auto& pth : paths) j["outputs"].push_back(pth.string());
+    if (!a.save_tokens.empty()) j["tokens"] = a.save_tokens;
+    j["seed"] = result.seed;
+    j["model"] = a.model;
+    j["width"] = result.images[0].width;
+    j["height"] = result.images[0].height;
+    j["steps"] = a.steps;
+    j["timings"] = {{"load_s", pipe->summary().load_seconds},
+                    {"text_encoder_s", t.text_encoder_s},
+                    {"transformer_s", t.transformer_s},
+                    {"scheduler_s", t.scheduler_s},
+                    {"vq_decode_s", t.vq_decode_s},
+                    {"generate_s", t.total_s},
+                    {"step_s", t.step_s}};
+    std::cout << j.dump() << std::endl;
+  } else if (!a.quiet) {
+    std::printf("seed: %llu\n", static_cast<unsigned long long>(result.seed));
+    for (const auto& pth : paths) std::printf("wrote %s\n", pth.c_str());
+    if (!a.save_tokens.empty()) std::printf("wrote %s\n", a.save_tokens.c_str());
+    std::printf("load %.2f s, generate %.2f s (text %.2f s, %d steps %.2f s, decode %.2f s)\n",
+                pipe->summary().load_seconds, t.total_s, t.text_encoder_s, static_cast<int>(t.step_s.size()),
+                t.transformer_s + t.scheduler_s, t.vq_decode_s);
+  }
+  return 0;
+}
+
+amused::cli::Registrar reg("generate", "Generate images from text prompts", [](CLI::App& sub) {
+  auto a = std::make_shared<GenerateArgs>();
+  sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256)")->required();
+  sub.add_option("-p,--prompt", a->prompts, "Prompt (repeat for several)")->required();
+  sub.add_option("-n,--negative-prompt", a->negative_prompts, "Negative prompt (one for all, or one per prompt)");
+  sub.add_option("--steps", a->steps, "Denoising steps")->capture_default_str();
+  sub.add_option("--guidance,--cfg-scale", a->guidance, "Classifier-free guidance scale (off when <= 1)")
+      ->capture_default_str();
+  sub.add_option("--seed", a->seed, "Random seed (random when omitted; printed)");
+  sub.add_option("--num-images", a->num_images, "Images per prompt")->capture_default_str();
+  sub.add_option("--width", a->width, "Image width (multiple of the VQ scale factor; default: the model's)");
+  sub.add_option("--height", a->height, "Image height (multiple of the VQ scale factor; default: the model's)");
+  sub.add_option("--aesthetic-score", a->aesthetic, "Micro-conditioning aesthetic score")->capture_default_str();
+  sub.add_option("--crop-coord", a->crop, "Micro-conditioning crop coordinates X,Y")->capture_default_str();
+  sub.add_option("--temperature", a->temperature, "Re-masking temperature: A,B (linear from A to B) or T")
+      ->capture_default_str();
+  sub.add_option("--masking-schedule", a->masking_schedule, "cosine | linear (default: the model's)")
+      ->check(CLI::IsMember({"cosine", "linear"}));
+  sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
+  sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
+  sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
+  sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");
+  sub.add_option("-o,--output", a->output, "Output PNG (several images: FILE-0.png, FILE-1.png, ...)")
+      ->capture_default_str();
+  sub.add_option("--save-tokens", a->save_tokens, "Also save the final token grids (int64 [B,h,w], key `tokens`)");
+  sub.add_flag("-q,--quiet", a->quiet, "Print nothing but errors");
+  sub.add_flag("--json", a->json, "Print one JSON summary (outputs, seed, timings) on stdout");
+  return std::function<int()>([a] { return run(*a); });
+});
+}  // namespace

@@ -1,0 +1,34 @@
+// Image files: PNG output with generation parameters in text chunks, and reading those back.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "amused/pipeline.h"
+
+namespace amused {
+
+using TextChunks = std::vector<std::pair<std::string, std::string>>;
+
+// Writes an 8-bit RGB PNG atomically (temporary file + rename), with `text` as iTXt chunks (UTF-8).
+// Throws amused::IoError naming the path (e.g. the folder does not exist).
+void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text = {});
+
+// The text chunks (tEXt, zTXt, iTXt) of a PNG file, in file order. Throws amused::IoError when the
+// file is missing or not a valid PNG.
+TextChunks read_png_text(const std::filesystem::path& path);
+
+}  // namespace amused
+
+namespace amused {
+
+// Writes token grids as one int64 tensor [B, h, w] under the key `tokens` in a safetensors file
+// (atomically). All grids must have the same size.
+void save_token_grids(const std::filesystem::path& path, const std::vector<TokenGrid>& grids);
+
+// Reads a file written by save_token_grids (key `tokens`, int64 or int32 [B, h, w] or [h, w]).
+std::vector<TokenGrid> load_token_grids(const std::filesystem::path& path);
+
+}  // namespace amused

@@ -1,0 +1,139 @@
+// The aMUSEd pipeline: load a model once, then generate.
+//
+//   amused::LoadOptions load;                  // cpu, float32, all physical cores
+//   auto pipe = amused::Pipeline::load("amused/amused-256", load);   // folder or hub repo id
+//   amused::TextToImageParams p;
+//   p.prompts = {"a photo of a cat"};
+//   p.seed = 0;
+//   amused::GenerationResult r = pipe->text_to_image(p);
+//   // r.images[0]: 256x256 RGB8; r.tokens[0]: the final 16x16 token grid
+//
+// Same semantics, defaults and batch order as diffusers' AmusedPipeline; with float32 on the CPU
+// and the same seed the result equals the reference's.
+// Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "amused/error.h"
+
+namespace amused {
+
+struct LoadOptions {
+  std::string device = "cpu";      // "cpu", "cuda", "cuda:1"
+  std::string dtype = "float32";   // float32 | bfloat16 | float16 (the VQ-GAN always runs in float32)
+  int threads = 0;                 // <= 0: all physical cores
+  std::string variant;             // "" or "fp16": which weight files to read
+  bool offline = false;            // never use the network (also HF_HUB_OFFLINE=1)
+  std::string revision = "main";   // hub revision for repo ids
+  // Download progress for hub repo ids: file name, bytes done, bytes total (0 if unknown).
+  std::function<void(const std::string&, uint64_t, uint64_t)> download_progress;
+};
+
+// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
+struct Image {
+  int width = 0;
+  int height = 0;
+  int channels = 3;
+  std::vector<uint8_t> pixels;
+};
+
+// A grid of VQ token ids, row-major.
+struct TokenGrid {
+  int64_t height = 0;
+  int64_t width = 0;
+  std::vector<int64_t> ids;
+};
+
+// Temperature of the re-masking noise: a pair (start, end) -> linspace over the steps, a single
+// value t -> linspace(t, 0.01), or one value per step.
+struct Temperature {
+  std::vector<double> values{2.0, 0.0};
+  bool scalar = false;
+  static Temperature pair(double start, double end) { return {{start, end}, false}; }
+  static Temperature single(double t) { return {{t}, true}; }
+  static Temperature per_step(std::vector<double> v) { return {std::move(v), false}; }
+};
+
+struct StepInfo {
+  int step = 0;        // 1-based index of the step that just finished
+  int num_steps = 0;   // steps this call runs
+  double step_seconds = 0;
+  double elapsed_seconds = 0;
+};
+// Called after every step; return false to cancel (the call then throws amused::Cancelled).
+using ProgressCallback = std::function<bool(const StepInfo&)>;
+
+struct TextToImageParams {
+  std::vector<std::string> prompts;
+  // Empty: "" for every prompt. One entry: used for every prompt. Otherwise one per prompt.
+  std::vector<std::string> negative_prompts;
+  int num_inference_steps = 12;
+  double guidance_scale = 10.0;     // classifier-free guidance when > 1
+  int num_images_per_prompt = 1;
+  std::optional<int> height;        // default: sample_size * VQ scale factor (256 / 512)
+  std::optional<int> width;
+  double aesthetic_score = 6.0;     // micro-conditioning
+  std::pair<int, int> crop_coord{0, 0};
+  Temperature temperature;
+  std::string masking_schedule;     // "" = the scheduler's config; "cosine" | "linear"
+  std::optional<uint64_t> seed;     // random when absent; the seed used is in the result
+  // Optional starting token grids (one per output image); masked positions hold the mask id.
+  std::vector<TokenGrid> latents;
+  ProgressCallback progress;
+};
+
+struct Timings {
+  double text_encoder_s = 0;
+  double transformer_s = 0;   // all steps
+  double scheduler_s = 0;     // all steps
+  double vq_decode_s = 0;
+  double total_s = 0;
+  std::vector<double> step_s;  // wall time of each step (transformer + scheduler)
+};
+
+struct GenerationResult {
+  std::vector<Image> images;      // batch order of the reference: images per prompt tiled
+  std::vector<TokenGrid> tokens;  // the final token grids, same order
+  uint64_t seed = 0;
+  Timings timings;
+};
+
+struct ModelSummary {
+  std::string path;            // resolved folder
+  std::string device, dtype;
+  int threads = 0;
+  int default_width = 0, default_height = 0;
+  int vq_scale_factor = 0;
+  int64_t codebook_size = 0, mask_token_id = 0;
+  std::string masking_schedule;
+  double load_seconds = 0;
+};
+
+class Pipeline {
+ public:
+  // `model`: a diffusers folder or a hub repo id ("amused/amused-256").
+  static std::unique_ptr<Pipeline> load(const std::string& model, const LoadOptions& options = {});
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  GenerationResult text_to_image(const TextToImageParams& params);
+
+  const ModelSummary& summary() const;
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  explicit Pipeline(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace amused

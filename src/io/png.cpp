@@ -1,0 +1,123 @@
+// PNG writing (with iTXt metadata) and text-chunk reading through libpng.
+#include <png.h>
+
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "amused/error.h"
+#include "amused/image_io.h"
+#include "io/atomic_file.h"
+
+namespace amused {
+namespace {
+
+void write_to_string(png_structp png, png_bytep data, png_size_t length) {
+  auto* out = static_cast<std::string*>(png_get_io_ptr(png));
+  out->append(reinterpret_cast<const char*>(data), length);
+}
+void flush_noop(png_structp) {}
+
+struct ErrorState {
+  std::string message;
+};
+void on_error(png_structp png, png_const_charp msg) {
+  auto* st = static_cast<ErrorState*>(png_get_error_ptr(png));
+  if (st) st->message = msg;
+  png_longjmp(png, 1);
+}
+void on_warning(png_structp, png_const_charp) {}
+
+}  // namespace
+
+void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text) {
+  if (image.width <= 0 || image.height <= 0 || (image.channels != 3 && image.channels != 1 && image.channels != 4) ||
+      image.pixels.size() != static_cast<size_t>(image.width) * image.height * image.channels)
+    throw InvalidArgument("cannot write '" + path.string() + "': image buffer does not match " +
+                          std::to_string(image.width) + "x" + std::to_string(image.height) + "x" +
+                          std::to_string(image.channels));
+  std::string bytes;
+  ErrorState err;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_error, on_warning);
+  if (!png) throw IoError("libpng: out of memory");
+  png_infop info = png_create_info_struct(png);
+  // Keep these alive until png_write_end: libpng reads the text pointers lazily.
+  std::vector<std::string> keys, values;
+  std::vector<png_text> chunks;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    throw IoError("cannot encode PNG '" + path.string() + "': " + err.message);
+  }
+  png_set_write_fn(png, &bytes, write_to_string, flush_noop);
+  const int color = image.channels == 3 ? PNG_COLOR_TYPE_RGB
+                    : image.channels == 4 ? PNG_COLOR_TYPE_RGB_ALPHA
+                                          : PNG_COLOR_TYPE_GRAY;
+  png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  keys.reserve(text.size());
+  values.reserve(text.size());
+  for (const auto& [k, v] : text) {
+    // PNG keywords: 1-79 Latin-1 characters.
+    keys.push_back(k.substr(0, 79));
+    values.push_back(v);
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    png_text t;
+    std::memset(&t, 0, sizeof t);
+    t.compression = PNG_ITXT_COMPRESSION_NONE;
+    t.key = const_cast<char*>(keys[i].c_str());
+    t.text = const_cast<char*>(values[i].c_str());
+    t.itxt_length = values[i].size();
+    t.lang = nullptr;
+    t.lang_key = nullptr;
+    chunks.push_back(t);
+  }
+  if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
+  png_write_info(png, info);
+  const size_t stride = static_cast<size_t>(image.width) * image.channels;
+  for (int y = 0; y < image.height; ++y)
+    png_write_row(png, const_cast<png_bytep>(image.pixels.data() + y * stride));
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  io::write_file_atomic(path, bytes);
+}
+
+TextChunks read_png_text(const std::filesystem::path& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw IoError("cannot open '" + path.string() + "': " + std::strerror(errno));
+  unsigned char sig[8] = {0};
+  if (std::fread(sig, 1, 8, f) != 8 || png_sig_cmp(sig, 0, 8) != 0) {
+    std::fclose(f);
+    throw IoError("'" + path.string() + "' is not a PNG file");
+  }
+  ErrorState err;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, on_error, on_warning);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    std::fclose(f);
+    throw IoError("libpng: out of memory");
+  }
+  TextChunks out;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    std::fclose(f);
+    throw IoError("'" + path.string() + "' is not a valid PNG file: " + err.message);
+  }
+  png_init_io(png, f);
+  png_set_sig_bytes(png, 8);
+  png_read_info(png, info);
+  png_textp text = nullptr;
+  int n = 0;
+  png_get_text(png, info, &text, &n);
+  for (int i = 0; i < n; ++i) {
+    const size_t len = text[i].compression >= PNG_ITXT_COMPRESSION_NONE ? text[i].itxt_length : text[i].text_length;
+    out.emplace_back(text[i].key, std::string(text[i].text, len));
+  }
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::fclose(f);
+  return out;
+}
+
+}  // namespace amused

@@ -1,0 +1,341 @@
+// amused::Pipeline: loading and text-to-image, plus the shared prompt encoder, denoising loop and
+// decoder used by every generation mode.
+// Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
+#include "pipelines/pipeline_amused.h"
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <random>
+
+#include "core/log.h"
+#include "core/threads.h"
+#include "io/diffusers_repo.h"
+#include "io/state_dict.h"
+
+namespace amused {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+uint64_t random_seed() {
+  std::random_device rd;
+  // 53 bits: exact in JSON numbers and in every language that reads our metadata.
+  return ((static_cast<uint64_t>(rd()) << 32) | rd()) & ((1ull << 53) - 1);
+}
+
+}  // namespace
+
+torch::ScalarType parse_dtype(const std::string& name) {
+  const std::string n = lower(name);
+  if (n == "float32" || n == "fp32" || n == "float") return torch::kFloat32;
+  if (n == "bfloat16" || n == "bf16") return torch::kBFloat16;
+  if (n == "float16" || n == "fp16" || n == "half") return torch::kFloat16;
+  throw InvalidArgument("unknown dtype '" + name + "' (expected float32, bfloat16 or float16)");
+}
+
+torch::Device parse_device(const std::string& name) {
+  std::optional<torch::Device> d;
+  try {
+    d = torch::Device(lower(name));
+  } catch (const c10::Error&) {
+    throw InvalidArgument("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
+  }
+  if (d->is_cuda() && !torch::cuda::is_available())
+    throw Unsupported("device '" + name +
+                      "' requested but this LibTorch build has no usable CUDA device (build against a "
+                      "CUDA LibTorch, see README)");
+  if (!d->is_cpu() && !d->is_cuda()) throw Unsupported("device '" + name + "' is not supported (cpu or cuda)");
+  return *d;
+}
+
+void Pipeline::Impl::sync() const {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+PromptEmbeddings Pipeline::Impl::encode_prompts(const std::vector<std::string>& prompts, Timings& timings) {
+  const auto t0 = Clock::now();
+  // Each distinct prompt is encoded once; rows are gathered back in the requested order.
+  std::vector<std::string> distinct;
+  std::map<std::string, int64_t> index;
+  std::vector<int64_t> rows;
+  for (const auto& p : prompts) {
+    auto [it, inserted] = index.emplace(p, static_cast<int64_t>(distinct.size()));
+    if (inserted) distinct.push_back(p);
+    rows.push_back(it->second);
+  }
+  std::vector<int64_t> ids;
+  for (const auto& p : distinct) {
+    auto one = tokenizer->encode_padded(p, 77);
+    ids.insert(ids.end(), one.begin(), one.end());
+  }
+  // [n, 77] token ids
+  auto input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(distinct.size()), 77}).to(device);
+  auto out = text_encoder->forward(input_ids, /*output_hidden_states=*/true);
+  auto sel = torch::tensor(rows, torch::kInt64).to(device);
+  PromptEmbeddings e;
+  e.encoder_hidden_states = out.penultimate_hidden_state.index_select(0, sel);  // [B, 77, H]
+  e.pooled_text_emb = out.text_embeds.index_select(0, sel);                      // [B, P]
+  sync();
+  timings.text_encoder_s += seconds_since(t0);
+  return e;
+}
+
+PromptEmbeddings Pipeline::Impl::encode_with_guidance(const std::vector<std::string>& prompts,
+                                                      const std::vector<std::string>& negative_prompts,
+                                                      int num_images_per_prompt, bool guidance,
+                                                      Timings& timings) {
+  // Rows: prompts tiled num_images_per_prompt times ([p0, p1, p0, p1], the reference's .repeat),
+  // preceded by the negative prompts tiled the same way when guidance is on.
+  std::vector<std::string> all;
+  if (guidance) {
+    std::vector<std::string> neg = negative_prompts;
+    if (neg.empty()) neg.assign(prompts.size(), "");
+    if (neg.size() == 1 && prompts.size() > 1) neg.assign(prompts.size(), negative_prompts[0]);
+    for (int r = 0; r < num_images_per_prompt; ++r) all.insert(all.end(), neg.begin(), neg.end());
+  }
+  for (int r = 0; r < num_images_per_prompt; ++r) all.insert(all.end(), prompts.begin(), prompts.end());
+  return encode_prompts(all, timings);
+}
+
+torch::Tensor Pipeline::Impl::micro_conds(int width, int height, std::pair<int, int> crop, double aesthetic,
+                                          int64_t rows) const {
+  // [width, height, crop_coord[0], crop_coord[1], aesthetic_score] in the text states' dtype.
+  auto m = torch::tensor({static_cast<double>(width), static_cast<double>(height),
+                          static_cast<double>(crop.first), static_cast<double>(crop.second), aesthetic},
+                         torch::TensorOptions().dtype(torch::kFloat64));
+  return m.to(device, dtype).unsqueeze(0).expand({rows, 5});  // [rows, 5]
+}
+
+torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseRequest& req, at::Generator& generator,
+                                      Timings& timings) {
+  AmusedSchedulerConfig cfg = scheduler_config;
+  if (!req.masking_schedule.empty()) cfg.masking_schedule = req.masking_schedule;
+  AmusedScheduler scheduler(cfg);
+  scheduler.set_timesteps(req.num_inference_steps, to_scheduler_temperature(req.temperature));
+  const auto timesteps = scheduler.timesteps.to(torch::kCPU);
+  const int n = req.num_inference_steps;
+  const int to_run = n - req.start_step;
+  const auto loop_start = Clock::now();
+  for (int i = req.start_step; i < n; ++i) {
+    const auto t_step = Clock::now();
+    const int64_t t = timesteps[i].item<int64_t>();
+    // CFG: the same tokens for the negative and the positive half of the batch.
+    auto model_input = req.guidance ? torch::cat({latents, latents}) : latents;  // [2B|B, h, w]
+    auto logits = transformer->forward(model_input, req.cond.encoder_hidden_states, req.cond.pooled_text_emb,
+                                       req.micro_conds);  // [2B|B, K, h, w]
+    if (req.guidance) {
+      auto chunks = logits.chunk(2);
+      logits = chunks[0] + req.guidance_scale * (chunks[1] - chunks[0]);
+    }
+    sync();
+    const auto t_sched = Clock::now();
+    timings.transformer_s += std::chrono::duration<double>(t_sched - t_step).count();
+    latents = scheduler.step(logits, t, latents, generator, req.starting_mask_ratio).prev_sample;
+    sync();
+    timings.scheduler_s += seconds_since(t_sched);
+    const double step_s = seconds_since(t_step);
+    timings.step_s.push_back(step_s);
+    if (req.progress) {
+      StepInfo info{i - req.start_step + 1, to_run, step_s, seconds_since(loop_start)};
+      if (!req.progress(info))
+        throw Cancelled("generation cancelled after step " + std::to_string(info.step) + " of " +
+                        std::to_string(to_run));
+    }
+  }
+  return latents;
+}
+
+torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timings) {
+  const auto t0 = Clock::now();
+  std::vector<torch::Tensor> images;
+  for (int64_t b = 0; b < latents.size(0); ++b) {
+    // The VQ-GAN runs in float32 whatever the pipeline dtype (the reference's force_upcast).
+    auto img = vqvae->decode_tokens(latents.slice(0, b, b + 1)).clamp(0.0, 1.0);  // [1, 3, H, W]
+    images.push_back(img.to(torch::kCPU));
+  }
+  sync();
+  timings.vq_decode_s += seconds_since(t0);
+  return torch::cat(images);
+}
+
+GenerationResult Pipeline::Impl::make_result(const torch::Tensor& latents, const torch::Tensor& images,
+                                             uint64_t seed, Timings timings) const {
+  GenerationResult r;
+  r.seed = seed;
+  auto u8 = to_uint8_nhwc(images).contiguous();  // [B, H, W, 3]
+  auto toks = latents.to(torch::kCPU).contiguous();
+  for (int64_t b = 0; b < u8.size(0); ++b) {
+    Image im;
+    im.height = static_cast<int>(u8.size(1));
+    im.width = static_cast<int>(u8.size(2));
+    im.channels = 3;
+    const uint8_t* p = u8[b].data_ptr<uint8_t>();
+    im.pixels.assign(p, p + im.height * im.width * 3);
+    r.images.push_back(std::move(im));
+    TokenGrid g;
+    g.height = toks.size(1);
+    g.width = toks.size(2);
+    const int64_t* q = toks[b].data_ptr<int64_t>();
+    g.ids.assign(q, q + g.height * g.width);
+    r.tokens.push_back(std::move(g));
+  }
+  r.timings = std::move(timings);
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------ load
+
+Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Pipeline::~Pipeline() = default;
+const ModelSummary& Pipeline::summary() const { return impl_->summary; }
+
+std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOptions& options) {
+  const auto t0 = Clock::now();
+  auto impl = std::make_unique<Impl>();
+  impl->device = parse_device(options.device);
+  impl->dtype = parse_dtype(options.dtype);
+  if (impl->device.is_cpu() && impl->dtype == torch::kFloat16)
+    log::warn("float16 on the CPU is slow and less accurate; bfloat16 is the better 16-bit choice there");
+  const int threads = configure_threads(options.threads);
+
+  RepoOptions ro;
+  ro.offline = options.offline;
+  ro.revision = options.revision;
+  ro.variant = options.variant;
+  ro.progress = options.download_progress;
+  DiffusersRepo repo = DiffusersRepo::open(model, ro);
+
+  torch::NoGradGuard no_grad;
+  impl->tokenizer = ClipTokenizer::from_folder(repo.component_dir("tokenizer"));
+
+  io::LoadOptions lo;
+  lo.device = impl->device;
+  lo.dtype = impl->dtype;
+  {
+    const auto dir = repo.component_dir("text_encoder");
+    auto cfg = CLIPTextConfig::from_json(repo.component_config("text_encoder"), (dir / "config.json").string());
+    impl->text_encoder = CLIPTextModelWithProjection(cfg);
+    io::load_state_dict(*impl->text_encoder, repo.component_weights("text_encoder"), dir.string(), lo);
+    impl->text_encoder->eval();
+  }
+  {
+    const auto dir = repo.component_dir("transformer");
+    auto cfg = UVit2DConfig::from_json(repo.component_config("transformer"), (dir / "config.json").string());
+    impl->sample_size = cfg.sample_size;
+    impl->transformer = UVit2DModel(cfg);
+    io::load_state_dict(*impl->transformer, repo.component_weights("transformer"), dir.string(), lo);
+    impl->transformer->eval();
+  }
+  {
+    const auto dir = repo.component_dir("vqvae");
+    auto cfg = VQModelConfig::from_json(repo.component_config("vqvae"), (dir / "config.json").string());
+    impl->vq_scale_factor = cfg.scale_factor();
+    impl->vqvae = VQModel(cfg);
+    io::LoadOptions vq_lo = lo;
+    vq_lo.dtype = torch::kFloat32;  // force_upcast: the VQ-GAN stays in float32
+    io::load_state_dict(*impl->vqvae, repo.component_weights("vqvae"), dir.string(), vq_lo);
+    impl->vqvae->eval();
+  }
+  {
+    const auto dir = repo.component_dir("scheduler");
+    impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
+                                                              (dir / "scheduler_config.json").string());
+  }
+
+  auto& s = impl->summary;
+  s.path = repo.root().string();
+  s.device = impl->device.str();
+  s.dtype = c10::toString(impl->dtype);
+  s.threads = threads;
+  s.vq_scale_factor = static_cast<int>(impl->vq_scale_factor);
+  s.default_width = s.default_height = static_cast<int>(impl->sample_size * impl->vq_scale_factor);
+  s.codebook_size = impl->transformer->config.codebook_size;
+  s.mask_token_id = impl->scheduler_config.mask_token_id;
+  s.masking_schedule = impl->scheduler_config.masking_schedule;
+  s.load_seconds = seconds_since(t0);
+  return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
+}
+
+// ----------------------------------------------------------------------------------- text_to_image
+
+GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
+  auto& m = *impl_;
+  const auto t0 = Clock::now();
+  if (params.prompts.empty()) throw InvalidArgument("no prompt given (at least one prompt is required)");
+  const size_t np = params.prompts.size();
+  if (params.negative_prompts.size() > 1 && params.negative_prompts.size() != np)
+    throw InvalidArgument("got " + std::to_string(params.negative_prompts.size()) + " negative prompts for " +
+                          std::to_string(np) + " prompts (give one negative prompt for all, or one per prompt)");
+  if (params.num_inference_steps < 1)
+    throw InvalidArgument("steps must be at least 1, got " + std::to_string(params.num_inference_steps));
+  if (params.num_images_per_prompt < 1)
+    throw InvalidArgument("images per prompt must be at least 1, got " +
+                          std::to_string(params.num_images_per_prompt));
+  if (!std::isfinite(params.guidance_scale))
+    throw InvalidArgument("guidance scale must be a finite number");
+  const int64_t scale = m.vq_scale_factor;
+  const int height = params.height.value_or(static_cast<int>(m.sample_size * scale));
+  const int width = params.width.value_or(static_cast<int>(m.sample_size * scale));
+  if (height <= 0 || width <= 0 || height % scale != 0 || width % scale != 0)
+    throw InvalidArgument("image size " + std::to_string(width) + "x" + std::to_string(height) +
+                          " is not a positive multiple of the VQ scale factor " + std::to_string(scale) +
+                          " (try " + std::to_string(std::max<int64_t>(scale, width / scale * scale)) + "x" +
+                          std::to_string(std::max<int64_t>(scale, height / scale * scale)) + ")");
+  if (m.transformer->config.downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
+    throw InvalidArgument("this model down-samples its token grid by 2: width and height must be multiples of " +
+                          std::to_string(2 * scale));
+
+  const int64_t batch = static_cast<int64_t>(np) * params.num_images_per_prompt;
+  const int64_t h = height / scale, w = width / scale;
+  const bool guidance = params.guidance_scale > 1.0;
+  const uint64_t seed = params.seed.value_or(random_seed());
+
+  torch::NoGradGuard no_grad;
+  Timings timings;
+  DenoiseRequest req;
+  req.cond = m.encode_with_guidance(params.prompts, params.negative_prompts, params.num_images_per_prompt,
+                                    guidance, timings);
+  req.micro_conds = m.micro_conds(width, height, params.crop_coord, params.aesthetic_score,
+                                  guidance ? 2 * batch : batch);
+  req.guidance = guidance;
+  req.guidance_scale = params.guidance_scale;
+  req.num_inference_steps = params.num_inference_steps;
+  req.temperature = params.temperature;
+  req.masking_schedule = params.masking_schedule;
+  req.progress = params.progress;
+
+  torch::Tensor latents;
+  if (params.latents.empty()) {
+    latents = torch::full({batch, h, w}, m.scheduler_config.mask_token_id,
+                          torch::TensorOptions().dtype(torch::kInt64).device(m.device));  // [B, h, w]
+  } else {
+    if (static_cast<int64_t>(params.latents.size()) != batch)
+      throw InvalidArgument("got " + std::to_string(params.latents.size()) + " starting token grids for " +
+                            std::to_string(batch) + " images");
+    std::vector<torch::Tensor> grids;
+    for (const auto& g : params.latents) {
+      if (g.height != h || g.width != w || static_cast<int64_t>(g.ids.size()) != h * w)
+        throw InvalidArgument("starting token grid is " + std::to_string(g.width) + "x" +
+                              std::to_string(g.height) + ", expected " + std::to_string(w) + "x" +
+                              std::to_string(h));
+      grids.push_back(torch::tensor(g.ids, torch::kInt64).reshape({h, w}));
+    }
+    latents = torch::stack(grids).to(m.device);
+  }
+  at::Generator generator = make_cpu_generator(seed);
+  latents = m.denoise(latents, req, generator, timings);
+  auto images = m.decode(latents, timings);
+  timings.total_s = seconds_since(t0);
+  return m.make_result(latents, images, seed, std::move(timings));
+}
+
+}  // namespace amused

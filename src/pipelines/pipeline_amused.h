@@ -1,0 +1,86 @@
+// Internals of amused::Pipeline shared by the text-to-image, image-to-image and inpainting paths:
+// one prompt encoder, one denoising loop, one decoder.
+// Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "amused/pipeline.h"
+#include "amused/tokenizer.h"
+#include "models/clip_text_model.h"
+#include "models/uvit_2d.h"
+#include "models/vq_model.h"
+#include "schedulers/scheduling_amused.h"
+
+namespace amused {
+
+// Text conditioning for a batch: CLIP penultimate hidden states [B, 77, H] and projected pooled
+// embeddings [B, P], in the transformer's dtype and device.
+struct PromptEmbeddings {
+  torch::Tensor encoder_hidden_states;
+  torch::Tensor pooled_text_emb;
+};
+
+// What one run of the denoising loop needs besides the starting tokens.
+struct DenoiseRequest {
+  PromptEmbeddings cond;        // CFG: [negative..., positive...] batch of 2B rows; else B rows
+  torch::Tensor micro_conds;    // [rows, 5]
+  bool guidance = false;
+  double guidance_scale = 1.0;
+  int num_inference_steps = 12;
+  int start_step = 0;           // img2img/inpaint run steps start_step .. N-1
+  Temperature temperature;
+  std::string masking_schedule;  // "" = scheduler config
+  double starting_mask_ratio = 1.0;
+  ProgressCallback progress;
+};
+
+struct Pipeline::Impl {
+  ModelSummary summary;
+  torch::Device device{torch::kCPU};
+  torch::ScalarType dtype = torch::kFloat32;
+  std::shared_ptr<ClipTokenizer> tokenizer;
+  CLIPTextModelWithProjection text_encoder{nullptr};
+  UVit2DModel transformer{nullptr};
+  VQModel vqvae{nullptr};
+  AmusedSchedulerConfig scheduler_config;
+  int64_t vq_scale_factor = 16;
+  int64_t sample_size = 16;
+
+  // Encodes `prompts` (each distinct prompt once) -> rows in the order given.
+  PromptEmbeddings encode_prompts(const std::vector<std::string>& prompts, Timings& timings);
+
+  // Conditioning for `prompts` x `num_images_per_prompt` (tiled, as the reference's .repeat), with
+  // the negative prompts first when guidance is on.
+  PromptEmbeddings encode_with_guidance(const std::vector<std::string>& prompts,
+                                        const std::vector<std::string>& negative_prompts,
+                                        int num_images_per_prompt, bool guidance, Timings& timings);
+
+  torch::Tensor micro_conds(int width, int height, std::pair<int, int> crop, double aesthetic,
+                            int64_t rows) const;
+
+  // Runs the MaskGIT loop from `latents` [B, h, w] (int64 on the device); returns the final grid.
+  torch::Tensor denoise(torch::Tensor latents, const DenoiseRequest& request, at::Generator& generator,
+                        Timings& timings);
+
+  // Token grids [B, h, w] -> images [B, 3, H, W] float32 clipped to [0, 1] (one image at a time,
+  // to bound peak memory).
+  torch::Tensor decode(const torch::Tensor& latents, Timings& timings);
+
+  // Builds the public result from final tokens and decoded images.
+  GenerationResult make_result(const torch::Tensor& latents, const torch::Tensor& images, uint64_t seed,
+                               Timings timings) const;
+
+  void sync() const;
+};
+
+// "float32" | "fp32" | "bfloat16" | "bf16" | "float16" | "fp16" | "half" -> dtype (InvalidArgument otherwise).
+torch::ScalarType parse_dtype(const std::string& name);
+// "cpu" | "cuda" | "cuda:N" -> device; CUDA requested but unavailable is an Unsupported error.
+torch::Device parse_device(const std::string& name);
+
+}  // namespace amused
