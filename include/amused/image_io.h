@@ -32,3 +32,19 @@ void save_token_grids(const std::filesystem::path& path, const std::vector<Token
 std::vector<TokenGrid> load_token_grids(const std::filesystem::path& path);
 
 }  // namespace amused
+
+namespace amused {
+
+// Reads a PNG, JPEG or BMP file (8-bit grey, grey+alpha, RGB, RGBA, palette; 16-bit PNG is reduced
+// to 8 bits) as 8-bit RGB: alpha is dropped and grey replicated, as PIL's convert("RGB") does.
+// JPEG goes through libjpeg with its default (PIL's) decoder settings. Throws amused::IoError naming
+// the file when it is missing, truncated or not an image.
+Image load_image(const std::filesystem::path& path);
+
+// 8-bit grey version of an RGB image with PIL's convert("L") weights (ITU-R 601-2 luma).
+Image to_grey(const Image& image);
+
+// Resizes with a Lanczos-3 filter (antialiased when shrinking, like PIL's Image.LANCZOS).
+Image resize_image(const Image& image, int width, int height);
+
+}  // namespace amused

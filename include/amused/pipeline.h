@@ -70,23 +70,44 @@ struct StepInfo {
 // Called after every step; return false to cancel (the call then throws amused::Cancelled).
 using ProgressCallback = std::function<bool(const StepInfo&)>;
 
-struct TextToImageParams {
+// Parameters every generation mode shares (defaults = the reference pipelines').
+struct GenerationParams {
   std::vector<std::string> prompts;
   // Empty: "" for every prompt. One entry: used for every prompt. Otherwise one per prompt.
   std::vector<std::string> negative_prompts;
   int num_inference_steps = 12;
   double guidance_scale = 10.0;     // classifier-free guidance when > 1
   int num_images_per_prompt = 1;
-  std::optional<int> height;        // default: sample_size * VQ scale factor (256 / 512)
-  std::optional<int> width;
   double aesthetic_score = 6.0;     // micro-conditioning
   std::pair<int, int> crop_coord{0, 0};
   Temperature temperature;
   std::string masking_schedule;     // "" = the scheduler's config; "cosine" | "linear"
   std::optional<uint64_t> seed;     // random when absent; the seed used is in the result
+  ProgressCallback progress;
+};
+
+struct TextToImageParams : GenerationParams {
+  std::optional<int> height;        // default: sample_size * VQ scale factor (256 / 512)
+  std::optional<int> width;
   // Optional starting token grids (one per output image); masked positions hold the mask id.
   std::vector<TokenGrid> latents;
-  ProgressCallback progress;
+};
+
+// Image-to-image: re-masks a share of the input image's tokens and regenerates them. Runs the last
+// int(steps * strength) steps. Reference quirk kept for parity: strength 1.0 starts from a fully
+// known grid (timesteps[-1] = 0 masks nothing) and so barely changes the image.
+struct ImageToImageParams : GenerationParams {
+  Image image;                      // one image, used for every prompt
+  double strength = 0.5;            // in [0, 1]
+  std::optional<int> width;         // resize the input first (else: its size, rounded down to a
+  std::optional<int> height;        // multiple of the VQ scale factor, with a warning)
+};
+
+// Inpainting: regenerates the tokens under the white part of the mask (linear masking schedule,
+// scaled by the masked fraction, as the reference's inpaint pipeline).
+struct InpaintParams : ImageToImageParams {
+  Image mask;                       // grey or RGB; >= 0.5 after /255 = regenerate
+  InpaintParams() { strength = 1.0; }
 };
 
 struct Timings {
@@ -125,6 +146,8 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   GenerationResult text_to_image(const TextToImageParams& params);
+  GenerationResult image_to_image(const ImageToImageParams& params);
+  GenerationResult inpaint(const InpaintParams& params);
 
   const ModelSummary& summary() const;
 

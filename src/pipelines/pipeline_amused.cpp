@@ -12,24 +12,14 @@
 #include "core/threads.h"
 #include "io/diffusers_repo.h"
 #include "io/state_dict.h"
+#include "amused/image_io.h"
 
 namespace amused {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-uint64_t random_seed() {
-  std::random_device rd;
-  // 53 bits: exact in JSON numbers and in every language that reads our metadata.
-  return ((static_cast<uint64_t>(rd()) << 32) | rd()) & ((1ull << 53) - 1);
 }
 
 }  // namespace
@@ -265,11 +255,9 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 
-// ----------------------------------------------------------------------------------- text_to_image
+// ------------------------------------------------------------------------------ shared preparation
 
-GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
-  auto& m = *impl_;
-  const auto t0 = Clock::now();
+void Pipeline::Impl::validate(const GenerationParams& params) const {
   if (params.prompts.empty()) throw InvalidArgument("no prompt given (at least one prompt is required)");
   const size_t np = params.prompts.size();
   if (params.negative_prompts.size() > 1 && params.negative_prompts.size() != np)
@@ -280,38 +268,93 @@ GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
   if (params.num_images_per_prompt < 1)
     throw InvalidArgument("images per prompt must be at least 1, got " +
                           std::to_string(params.num_images_per_prompt));
-  if (!std::isfinite(params.guidance_scale))
-    throw InvalidArgument("guidance scale must be a finite number");
-  const int64_t scale = m.vq_scale_factor;
-  const int height = params.height.value_or(static_cast<int>(m.sample_size * scale));
-  const int width = params.width.value_or(static_cast<int>(m.sample_size * scale));
+  if (!std::isfinite(params.guidance_scale)) throw InvalidArgument("guidance scale must be a finite number");
+  if (!std::isfinite(params.aesthetic_score)) throw InvalidArgument("aesthetic score must be a finite number");
+  if (!params.masking_schedule.empty() && params.masking_schedule != "cosine" && params.masking_schedule != "linear")
+    throw InvalidArgument("masking schedule '" + params.masking_schedule + "' is unknown (cosine or linear)");
+  const auto& t = params.temperature.values;
+  if (t.empty() || (params.temperature.scalar && t.size() != 1) ||
+      (!params.temperature.scalar && t.size() != 2 && static_cast<int>(t.size()) != params.num_inference_steps))
+    throw InvalidArgument("temperature must be one value, a pair, or one value per step (" +
+                          std::to_string(params.num_inference_steps) + "), got " + std::to_string(t.size()) +
+                          " values");
+}
+
+void Pipeline::Impl::check_size(int width, int height) const {
+  const int64_t scale = vq_scale_factor;
   if (height <= 0 || width <= 0 || height % scale != 0 || width % scale != 0)
     throw InvalidArgument("image size " + std::to_string(width) + "x" + std::to_string(height) +
                           " is not a positive multiple of the VQ scale factor " + std::to_string(scale) +
                           " (try " + std::to_string(std::max<int64_t>(scale, width / scale * scale)) + "x" +
                           std::to_string(std::max<int64_t>(scale, height / scale * scale)) + ")");
-  if (m.transformer->config.downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
+  if (transformer->config.downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
     throw InvalidArgument("this model down-samples its token grid by 2: width and height must be multiples of " +
-                          std::to_string(2 * scale));
+                          std::to_string(2 * scale) + ", got " + std::to_string(width) + "x" +
+                          std::to_string(height));
+}
 
-  const int64_t batch = static_cast<int64_t>(np) * params.num_images_per_prompt;
-  const int64_t h = height / scale, w = width / scale;
+DenoiseRequest Pipeline::Impl::prepare(const GenerationParams& params, int width, int height, Timings& timings) {
+  const int64_t batch = batch_size(params);
   const bool guidance = params.guidance_scale > 1.0;
-  const uint64_t seed = params.seed.value_or(random_seed());
-
-  torch::NoGradGuard no_grad;
-  Timings timings;
   DenoiseRequest req;
-  req.cond = m.encode_with_guidance(params.prompts, params.negative_prompts, params.num_images_per_prompt,
-                                    guidance, timings);
-  req.micro_conds = m.micro_conds(width, height, params.crop_coord, params.aesthetic_score,
-                                  guidance ? 2 * batch : batch);
+  req.cond = encode_with_guidance(params.prompts, params.negative_prompts, params.num_images_per_prompt, guidance,
+                                  timings);
+  req.micro_conds =
+      micro_conds(width, height, params.crop_coord, params.aesthetic_score, guidance ? 2 * batch : batch);
   req.guidance = guidance;
   req.guidance_scale = params.guidance_scale;
   req.num_inference_steps = params.num_inference_steps;
   req.temperature = params.temperature;
   req.masking_schedule = params.masking_schedule;
   req.progress = params.progress;
+  return req;
+}
+
+Image Pipeline::Impl::prepare_input_image(const Image& image, std::optional<int> width,
+                                          std::optional<int> height) const {
+  if (image.width <= 0 || image.height <= 0 || image.channels != 3 ||
+      image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3)
+    throw InvalidArgument("input image must be 8-bit RGB with width*height*3 pixels");
+  const int scale = static_cast<int>(vq_scale_factor);
+  int w = width.value_or(image.width / scale * scale);
+  int h = height.value_or(image.height / scale * scale);
+  if (!width && !height && (w != image.width || h != image.height)) {
+    if (w == 0 || h == 0)
+      throw InvalidArgument("input image " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+                            " is smaller than the VQ scale factor " + std::to_string(scale));
+    log::warn("input image " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+              " is not a multiple of " + std::to_string(scale) + "; resized to " + std::to_string(w) + "x" +
+              std::to_string(h) + " (Lanczos)");
+  }
+  check_size(w, h);
+  return resize_image(image, w, h);
+}
+
+torch::Tensor Pipeline::Impl::encode_image_tokens(const Image& image) {
+  // HWC uint8 -> [1, 3, H, W] float32 in [0, 1] (/255, no [-1, 1] normalisation, as the reference).
+  auto pixels = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, 3},
+                                 torch::kUInt8)
+                    .permute({2, 0, 1})
+                    .unsqueeze(0)
+                    .to(device, torch::kFloat32)
+                    .div(255.0);
+  auto latents = vqvae->encode(pixels);     // [1, C, h, w]
+  return vqvae->quantize_indices(latents);  // [1, h, w] int64
+}
+
+// ----------------------------------------------------------------------------------- text_to_image
+
+GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
+  auto& m = *impl_;
+  const auto t0 = Clock::now();
+  m.validate(params);
+  const int64_t scale = m.vq_scale_factor;
+  const int height = params.height.value_or(static_cast<int>(m.sample_size * scale));
+  const int width = params.width.value_or(static_cast<int>(m.sample_size * scale));
+  m.check_size(width, height);
+  const int64_t batch = batch_size(params);
+  const int64_t h = height / scale, w = width / scale;
+  const uint64_t seed = params.seed.value_or(random_seed());
 
   torch::Tensor latents;
   if (params.latents.empty()) {
@@ -331,6 +374,10 @@ GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
     }
     latents = torch::stack(grids).to(m.device);
   }
+
+  torch::NoGradGuard no_grad;
+  Timings timings;
+  DenoiseRequest req = m.prepare(params, width, height, timings);
   at::Generator generator = make_cpu_generator(seed);
   latents = m.denoise(latents, req, generator, timings);
   auto images = m.decode(latents, timings);

@@ -5,7 +5,9 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -75,8 +77,42 @@ struct Pipeline::Impl {
   GenerationResult make_result(const torch::Tensor& latents, const torch::Tensor& images, uint64_t seed,
                                Timings timings) const;
 
+  // Shared argument checks: prompts, negative prompts, steps, images per prompt, guidance.
+  void validate(const GenerationParams& params) const;
+  // Width/height must be positive multiples of the VQ scale factor (x2 for down-sampling models).
+  void check_size(int width, int height) const;
+  // Conditioning, micro-conditioning and loop settings for `params` at width x height.
+  DenoiseRequest prepare(const GenerationParams& params, int width, int height, Timings& timings);
+
+  // An input image brought to the size the VQ-GAN accepts: explicit width/height, else its own
+  // size rounded down to a multiple of the scale factor (with a warning when that changes it).
+  Image prepare_input_image(const Image& image, std::optional<int> width, std::optional<int> height) const;
+  // RGB8 image -> VQ token ids [1, h, w] (int64, on the device): pixels / 255, encode, nearest code.
+  torch::Tensor encode_image_tokens(const Image& image);
+
+  // Image-to-image and inpainting share this: encode, then noise (mask == nullptr) or mask the
+  // tokens, then the denoising loop over the last int(N * strength) steps.
+  GenerationResult edit(const ImageToImageParams& params, const Image* mask);
+
   void sync() const;
 };
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// A random seed for calls without one: 53 bits, exact in JSON numbers and in every language that
+// reads our PNG metadata.
+inline uint64_t random_seed() {
+  std::random_device rd;
+  return ((static_cast<uint64_t>(rd()) << 32) | rd()) & ((1ull << 53) - 1);
+}
+
+// Number of rows of the conditioning batch (images) for these parameters.
+inline int64_t batch_size(const GenerationParams& p) {
+  return static_cast<int64_t>(p.prompts.size()) * p.num_images_per_prompt;
+}
 
 // "float32" | "fp32" | "bfloat16" | "bf16" | "float16" | "fp16" | "half" -> dtype (InvalidArgument otherwise).
 torch::ScalarType parse_dtype(const std::string& name);

@@ -1,0 +1,233 @@
+// Image input: PNG (libpng), JPEG (libjpeg, PIL's default decoder settings), BMP (stb_image), and a
+// Lanczos-3 resampler for sizes that must be brought to a multiple of the VQ scale factor.
+#include <cstddef>
+#include <cstdio>
+// jpeglib.h needs size_t and FILE declared first.
+#include <jpeglib.h>
+#include <png.h>
+#include <stb/stb_image.h>
+
+#include <cerrno>
+#include <cmath>
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "amused/error.h"
+#include "amused/image_io.h"
+
+namespace amused {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_all(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw IoError("image '" + path.string() + "' does not exist");
+    throw IoError("cannot read image '" + path.string() + "': " + std::strerror(errno));
+  }
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return data;
+}
+
+struct PngReadState {
+  const std::string* data;
+  size_t pos = 0;
+  std::string error;
+};
+void png_read_mem(png_structp png, png_bytep out, png_size_t n) {
+  auto* st = static_cast<PngReadState*>(png_get_io_ptr(png));
+  if (st->pos + n > st->data->size()) png_error(png, "unexpected end of file (truncated?)");
+  std::memcpy(out, st->data->data() + st->pos, n);
+  st->pos += n;
+}
+void png_on_error(png_structp png, png_const_charp msg) {
+  auto* st = static_cast<PngReadState*>(png_get_error_ptr(png));
+  st->error = msg;
+  png_longjmp(png, 1);
+}
+void png_on_warning(png_structp, png_const_charp) {}
+
+Image decode_png(const std::string& data, const fs::path& path) {
+  PngReadState st{&data};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, png_on_error, png_on_warning);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) throw IoError("libpng: out of memory");
+  Image img;
+  std::vector<png_bytep> rows;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw IoError("cannot decode PNG '" + path.string() + "': " + st.error);
+  }
+  png_set_read_fn(png, &st, png_read_mem);
+  png_read_info(png, info);
+  const int color = png_get_color_type(png, info);
+  const int depth = png_get_bit_depth(png, info);
+  if (depth == 16) png_set_strip_16(png);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  // Alpha (and tRNS transparency) is dropped, as PIL's convert("RGB") does.
+  if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  png_read_update_info(png, info);
+  img.width = static_cast<int>(png_get_image_width(png, info));
+  img.height = static_cast<int>(png_get_image_height(png, info));
+  img.channels = 3;
+  if (png_get_rowbytes(png, info) != static_cast<size_t>(img.width) * 3)
+    png_error(png, "unexpected pixel layout");
+  img.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
+  rows.resize(img.height);
+  for (int y = 0; y < img.height; ++y) rows[y] = img.pixels.data() + static_cast<size_t>(y) * img.width * 3;
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  return img;
+}
+
+struct JpegError {
+  jpeg_error_mgr mgr;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+void jpeg_on_error(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  longjmp(err->jump, 1);
+}
+void jpeg_on_message(j_common_ptr, int) {}
+
+Image decode_jpeg(const std::string& data, const fs::path& path) {
+  jpeg_decompress_struct cinfo;
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_on_error;
+  err.mgr.emit_message = jpeg_on_message;
+  Image img;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    throw IoError("cannot decode JPEG '" + path.string() + "': " + err.message);
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(data.data()), static_cast<unsigned long>(data.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  cinfo.out_color_space = JCS_RGB;  // grey and YCbCr both come out as RGB
+  jpeg_start_decompress(&cinfo);
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.channels = 3;
+  img.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = img.pixels.data() + static_cast<size_t>(cinfo.output_scanline) * img.width * 3;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return img;
+}
+
+Image decode_stb(const std::string& data, const fs::path& path) {
+  int w = 0, h = 0, n = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> px(
+      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h, &n,
+                            3),
+      stbi_image_free);
+  if (!px) throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
+  Image img;
+  img.width = w;
+  img.height = h;
+  img.channels = 3;
+  img.pixels.assign(px.get(), px.get() + static_cast<size_t>(w) * h * 3);
+  return img;
+}
+
+double lanczos3(double x) {
+  x = std::fabs(x);
+  if (x < 1e-12) return 1.0;
+  if (x >= 3.0) return 0.0;
+  const double px = M_PI * x;
+  return 3.0 * std::sin(px) * std::sin(px / 3.0) / (px * px);
+}
+
+// Resamples one axis: in [n_in] -> out [n_out] for `channels` interleaved values with `stride` between
+// consecutive samples; weights like PIL's (support scaled by the shrink factor, normalised).
+void resample_axis(const std::vector<double>& in, std::vector<double>& out, int n_in, int n_out, int lines,
+                   int channels, bool horizontal, int other) {
+  const double scale = static_cast<double>(n_in) / n_out;
+  const double fscale = std::max(scale, 1.0);
+  const double support = 3.0 * fscale;
+  for (int o = 0; o < n_out; ++o) {
+    const double center = (o + 0.5) * scale;
+    const int lo = std::max(0, static_cast<int>(std::floor(center - support)));
+    const int hi = std::min(n_in, static_cast<int>(std::ceil(center + support)));
+    std::vector<double> w(static_cast<size_t>(hi - lo));
+    double total = 0;
+    for (int i = lo; i < hi; ++i) total += w[i - lo] = lanczos3((i + 0.5 - center) / fscale);
+    for (auto& v : w) v /= total == 0 ? 1 : total;
+    for (int l = 0; l < lines; ++l) {
+      for (int c = 0; c < channels; ++c) {
+        double acc = 0;
+        for (int i = lo; i < hi; ++i) {
+          const size_t idx = horizontal ? (static_cast<size_t>(l) * n_in + i) * channels + c
+                                        : (static_cast<size_t>(i) * other + l) * channels + c;
+          acc += w[i - lo] * in[idx];
+        }
+        const size_t oidx = horizontal ? (static_cast<size_t>(l) * n_out + o) * channels + c
+                                       : (static_cast<size_t>(o) * other + l) * channels + c;
+        out[oidx] = acc;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Image load_image(const fs::path& path) {
+  const std::string data = read_all(path);
+  if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return decode_png(data, path);
+  if (data.size() >= 3 && static_cast<unsigned char>(data[0]) == 0xFF && static_cast<unsigned char>(data[1]) == 0xD8)
+    return decode_jpeg(data, path);
+  if (data.size() >= 2 && data[0] == 'B' && data[1] == 'M') return decode_stb(data, path);
+  throw IoError("'" + path.string() + "' is not a PNG, JPEG or BMP image");
+}
+
+Image to_grey(const Image& image) {
+  if (image.channels == 1) return image;
+  Image g;
+  g.width = image.width;
+  g.height = image.height;
+  g.channels = 1;
+  g.pixels.resize(static_cast<size_t>(image.width) * image.height);
+  for (size_t i = 0; i < g.pixels.size(); ++i) {
+    const uint8_t* p = image.pixels.data() + i * image.channels;
+    // PIL Convert.c L24: ITU-R 601-2 luma in 16-bit fixed point.
+    g.pixels[i] = static_cast<uint8_t>((p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16);
+  }
+  return g;
+}
+
+Image resize_image(const Image& image, int width, int height) {
+  if (width <= 0 || height <= 0) throw InvalidArgument("cannot resize to " + std::to_string(width) + "x" +
+                                                       std::to_string(height));
+  if (width == image.width && height == image.height) return image;
+  const int c = image.channels;
+  std::vector<double> src(image.pixels.begin(), image.pixels.end());
+  std::vector<double> tmp(static_cast<size_t>(width) * image.height * c);
+  resample_axis(src, tmp, image.width, width, image.height, c, /*horizontal=*/true, 0);
+  std::vector<double> dst(static_cast<size_t>(width) * height * c);
+  resample_axis(tmp, dst, image.height, height, width, c, /*horizontal=*/false, width);
+  Image out;
+  out.width = width;
+  out.height = height;
+  out.channels = c;
+  out.pixels.resize(dst.size());
+  for (size_t i = 0; i < dst.size(); ++i)
+    out.pixels[i] = static_cast<uint8_t>(std::clamp(std::lround(dst[i]), 0L, 255L));
+  return out;
+}
+
+}  // namespace amused

@@ -1,0 +1,107 @@
+// Image files: PNG round trip with text chunks, PNG/JPEG/BMP input in every colour layout, bad files.
+#include <gtest/gtest.h>
+#include <stb/stb_image_write.h>
+
+#include <fstream>
+
+#include "amused/error.h"
+#include "amused/image_io.h"
+#include "support/golden.h"
+
+using amused::Image;
+using amused::testing::TempDir;
+
+namespace {
+Image gradient(int w, int h, int c) {
+  Image im;
+  im.width = w;
+  im.height = h;
+  im.channels = c;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int k = 0; k < c; ++k) im.pixels.push_back(static_cast<uint8_t>((x * 13 + y * 7 + k * 50) % 256));
+  return im;
+}
+}  // namespace
+
+TEST(ImageIo, PngRoundTripWithText) {
+  TempDir tmp;
+  auto im = gradient(7, 5, 3);
+  amused::save_png(tmp / "a.png", im, {{"prompt", "a café ☕"}, {"seed", "42"}});
+  auto back = amused::load_image(tmp / "a.png");
+  EXPECT_EQ(back.width, 7);
+  EXPECT_EQ(back.height, 5);
+  EXPECT_EQ(back.pixels, im.pixels);
+  auto text = amused::read_png_text(tmp / "a.png");
+  ASSERT_EQ(text.size(), 2u);
+  EXPECT_EQ(text[0].first, "prompt");
+  EXPECT_EQ(text[0].second, "a café ☕");
+  EXPECT_EQ(text[1].second, "42");
+}
+
+TEST(ImageIo, GreyAndRgbaBecomeRgb) {
+  TempDir tmp;
+  auto grey = gradient(4, 3, 1);
+  amused::save_png(tmp / "g.png", grey);
+  auto g = amused::load_image(tmp / "g.png");
+  ASSERT_EQ(g.channels, 3);
+  for (size_t i = 0; i < grey.pixels.size(); ++i) {
+    EXPECT_EQ(g.pixels[3 * i], grey.pixels[i]);
+    EXPECT_EQ(g.pixels[3 * i + 2], grey.pixels[i]);
+  }
+  auto rgba = gradient(4, 3, 4);
+  amused::save_png(tmp / "r.png", rgba);
+  auto r = amused::load_image(tmp / "r.png");
+  for (size_t i = 0; i < 12; ++i)
+    for (int k = 0; k < 3; ++k) EXPECT_EQ(r.pixels[3 * i + k], rgba.pixels[4 * i + k]);  // alpha dropped
+}
+
+TEST(ImageIo, ReadsJpegAndBmp) {
+  TempDir tmp;
+  auto im = gradient(16, 8, 3);
+  ASSERT_TRUE(stbi_write_bmp((tmp / "a.bmp").c_str(), 16, 8, 3, im.pixels.data()));
+  auto b = amused::load_image(tmp / "a.bmp");
+  EXPECT_EQ(b.pixels, im.pixels);
+  Image flat;
+  flat.width = 16;
+  flat.height = 8;
+  flat.pixels.assign(16 * 8 * 3, 120);
+  ASSERT_TRUE(stbi_write_jpg((tmp / "a.jpg").c_str(), 16, 8, 3, flat.pixels.data(), 95));
+  auto j = amused::load_image(tmp / "a.jpg");
+  ASSERT_EQ(j.width, 16);
+  ASSERT_EQ(j.height, 8);
+  for (auto v : j.pixels) EXPECT_NEAR(v, 120, 2);
+}
+
+TEST(ImageIo, BadFilesAreClearErrors) {
+  TempDir tmp;
+  EXPECT_THROW(amused::load_image(tmp / "missing.png"), amused::IoError);
+  { std::ofstream(tmp / "text.png") << "hello"; }
+  EXPECT_THROW(amused::load_image(tmp / "text.png"), amused::IoError);
+  amused::save_png(tmp / "full.png", gradient(32, 32, 3));
+  std::ifstream in(tmp / "full.png", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  { std::ofstream(tmp / "cut.png", std::ios::binary) << bytes.substr(0, bytes.size() / 2); }
+  try {
+    amused::load_image(tmp / "cut.png");
+    FAIL();
+  } catch (const amused::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("cut.png"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(amused::save_png(tmp / "no" / "x.png", gradient(2, 2, 3)), amused::IoError);
+}
+
+TEST(ImageIo, ResizeAndGrey) {
+  Image flat;
+  flat.width = 30;
+  flat.height = 20;
+  flat.pixels.assign(30 * 20 * 3, 77);
+  auto r = amused::resize_image(flat, 16, 12);
+  EXPECT_EQ(r.width, 16);
+  EXPECT_EQ(r.height, 12);
+  for (auto v : r.pixels) EXPECT_EQ(v, 77);
+  Image px;
+  px.width = px.height = 1;
+  px.pixels = {255, 0, 0};
+  EXPECT_EQ(amused::to_grey(px).pixels[0], 76);  // PIL: L = 0.299 R + 0.587 G + 0.114 B
+}
