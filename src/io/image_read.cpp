@@ -24,6 +24,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Inputs larger than this are refused before their pixels are allocated.
+constexpr int64_t kMaxSide = 16384;
+constexpr int64_t kMaxPixels = 100'000'000;
+
+void check_dimensions(int64_t w, int64_t h, const fs::path& path) {
+  if (w <= 0 || h <= 0 || w > kMaxSide || h > kMaxSide || w * h > kMaxPixels)
+    throw IoError("image '" + path.string() + "' claims " + std::to_string(w) + "x" + std::to_string(h) +
+                  " pixels; the limit is " + std::to_string(kMaxSide) + " per side and " +
+                  std::to_string(kMaxPixels / 1'000'000) + " megapixels");
+}
+
 std::string read_all(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -66,6 +77,12 @@ Image decode_png(const std::string& data, const fs::path& path) {
   }
   png_set_read_fn(png, &st, png_read_mem);
   png_read_info(png, info);
+  try {
+    check_dimensions(png_get_image_width(png, info), png_get_image_height(png, info), path);
+  } catch (...) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw;
+  }
   const int color = png_get_color_type(png, info);
   const int depth = png_get_bit_depth(png, info);
   if (depth == 16) png_set_strip_16(png);
@@ -115,6 +132,12 @@ Image decode_jpeg(const std::string& data, const fs::path& path) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(data.data()), static_cast<unsigned long>(data.size()));
   jpeg_read_header(&cinfo, TRUE);
+  try {
+    check_dimensions(cinfo.image_width, cinfo.image_height, path);
+  } catch (...) {
+    jpeg_destroy_decompress(&cinfo);
+    throw;
+  }
   cinfo.out_color_space = JCS_RGB;  // grey and YCbCr both come out as RGB
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
@@ -132,6 +155,10 @@ Image decode_jpeg(const std::string& data, const fs::path& path) {
 
 Image decode_stb(const std::string& data, const fs::path& path) {
   int w = 0, h = 0, n = 0;
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h,
+                             &n))
+    throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
+  check_dimensions(w, h, path);
   std::unique_ptr<stbi_uc, void (*)(void*)> px(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h, &n,
                             3),
