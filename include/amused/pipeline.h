@@ -32,6 +32,11 @@ struct LoadOptions {
   std::string variant;             // "" or "fp16": which weight files to read
   bool offline = false;            // never use the network (also HF_HUB_OFFLINE=1)
   std::string revision = "main";   // hub revision for repo ids
+  // Build the models from their config.json files with random weights instead of reading weight
+  // files (benchmarks on machines without the checkpoints; the images are noise).
+  bool random_weights = false;
+  // Tokenizer folder to use instead of the model's `tokenizer/` (e.g. for config-only folders).
+  std::string tokenizer_dir;
   // Download progress for hub repo ids: file name, bytes done, bytes total (0 if unknown).
   std::function<void(const std::string&, uint64_t, uint64_t)> download_progress;
 };
@@ -117,6 +122,7 @@ struct Timings {
   double vq_decode_s = 0;
   double total_s = 0;
   std::vector<double> step_s;  // wall time of each step (transformer + scheduler)
+  std::vector<double> transformer_step_s;  // transformer forward (+ guidance) of each step
 };
 
 struct GenerationResult {
@@ -135,6 +141,11 @@ struct ModelSummary {
   int64_t codebook_size = 0, mask_token_id = 0;
   std::string masking_schedule;
   double load_seconds = 0;
+  // Analytic work per image at the default size (multiply-adds x 2), for benchmarks.
+  double transformer_gflop = 0;    // one forward
+  double vq_decode_gflop = 0;      // one decode
+  double text_encoder_gflop = 0;   // one prompt
+  int64_t transformer_parameters = 0, vq_parameters = 0, text_encoder_parameters = 0;
 };
 
 class Pipeline {

@@ -128,7 +128,9 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
     }
     sync();
     const auto t_sched = Clock::now();
-    timings.transformer_s += std::chrono::duration<double>(t_sched - t_step).count();
+    const double transformer_s = std::chrono::duration<double>(t_sched - t_step).count();
+    timings.transformer_s += transformer_s;
+    timings.transformer_step_s.push_back(transformer_s);
     latents = scheduler.step(logits, t, latents, generator, req.starting_mask_ratio).prev_sample;
     sync();
     timings.scheduler_s += seconds_since(t_sched);
@@ -205,41 +207,49 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   DiffusersRepo repo = DiffusersRepo::open(model, ro);
 
   torch::NoGradGuard no_grad;
-  impl->tokenizer = ClipTokenizer::from_folder(repo.component_dir("tokenizer"));
+  impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty() ? repo.component_dir("tokenizer")
+                                                                             : options.tokenizer_dir);
 
   io::LoadOptions lo;
   lo.device = impl->device;
   lo.dtype = impl->dtype;
+  // Weights from the component's files, or (benchmarks) random ones in the requested dtype/device.
+  auto fill = [&](torch::nn::Module& module, const std::string& name, const io::LoadOptions& o,
+                  const std::function<void()>& init_weights) {
+    if (options.random_weights) {
+      init_weights();
+      module.to(*o.device, *o.dtype);
+    } else {
+      io::load_state_dict(module, repo.component_weights(name), repo.component_dir(name).string(), o);
+    }
+    module.eval();
+  };
+  auto config_source = [&](const std::string& name, const char* file) {
+    return (repo.component_dir(name) / file).string();
+  };
   {
-    const auto dir = repo.component_dir("text_encoder");
-    auto cfg = CLIPTextConfig::from_json(repo.component_config("text_encoder"), (dir / "config.json").string());
+    auto cfg = CLIPTextConfig::from_json(repo.component_config("text_encoder"),
+                                         config_source("text_encoder", "config.json"));
     impl->text_encoder = CLIPTextModelWithProjection(cfg);
-    io::load_state_dict(*impl->text_encoder, repo.component_weights("text_encoder"), dir.string(), lo);
-    impl->text_encoder->eval();
+    fill(*impl->text_encoder, "text_encoder", lo, [&] { impl->text_encoder->init_weights(); });
   }
   {
-    const auto dir = repo.component_dir("transformer");
-    auto cfg = UVit2DConfig::from_json(repo.component_config("transformer"), (dir / "config.json").string());
+    auto cfg =
+        UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json"));
     impl->sample_size = cfg.sample_size;
     impl->transformer = UVit2DModel(cfg);
-    io::load_state_dict(*impl->transformer, repo.component_weights("transformer"), dir.string(), lo);
-    impl->transformer->eval();
+    fill(*impl->transformer, "transformer", lo, [&] { impl->transformer->init_weights(); });
   }
   {
-    const auto dir = repo.component_dir("vqvae");
-    auto cfg = VQModelConfig::from_json(repo.component_config("vqvae"), (dir / "config.json").string());
+    auto cfg = VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
     impl->vq_scale_factor = cfg.scale_factor();
     impl->vqvae = VQModel(cfg);
     io::LoadOptions vq_lo = lo;
     vq_lo.dtype = torch::kFloat32;  // force_upcast: the VQ-GAN stays in float32
-    io::load_state_dict(*impl->vqvae, repo.component_weights("vqvae"), dir.string(), vq_lo);
-    impl->vqvae->eval();
+    fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_weights(); });
   }
-  {
-    const auto dir = repo.component_dir("scheduler");
-    impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
-                                                              (dir / "scheduler_config.json").string());
-  }
+  impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
+                                                            config_source("scheduler", "scheduler_config.json"));
 
   auto& s = impl->summary;
   s.path = repo.root().string();

@@ -1,0 +1,33 @@
+// Machine and runtime information, and the measurements `amused bench` reports against.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace amused {
+
+struct SystemInfo {
+  std::string cpu_model;
+  int physical_cores = 0;
+  int logical_cores = 0;
+  int threads = 0;              // intra-op threads in use
+  std::string libtorch_version;
+  std::string blas;             // e.g. "OpenBLAS 0.3.21 (pthread)" or what LibTorch reports
+  bool cuda_available = false;
+  std::string cuda_device;      // name of device 0 when available
+};
+
+SystemInfo system_info();
+
+// Peak resident set size of this process so far, in MiB.
+double peak_rss_mib();
+
+// Peak CUDA memory allocated by LibTorch's caching allocator (MiB); 0 without CUDA.
+double peak_cuda_memory_mib();
+
+// Measured dense matrix-multiply throughput (GFLOP/s) for n x n x n products in `dtype`
+// ("float32", "bfloat16", "float16") on `device`, best of a few runs lasting about `seconds`.
+double measure_matmul_gflops(const std::string& dtype, const std::string& device = "cpu", int n = 1024,
+                             double seconds = 1.0);
+
+}  // namespace amused

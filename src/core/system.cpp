@@ -1,0 +1,82 @@
+// Machine information, peak memory and matmul ceilings for benchmarks.
+#include "amused/system.h"
+
+#include <dlfcn.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include "core/threads.h"
+#ifdef AMUSED_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+#include "pipelines/pipeline_amused.h"
+
+namespace amused {
+
+SystemInfo system_info() {
+  SystemInfo s;
+  std::ifstream cpu("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpu, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      s.cpu_model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  s.physical_cores = physical_core_count();
+  s.logical_cores = static_cast<int>(std::thread::hardware_concurrency());
+  s.threads = at::get_num_threads();
+  s.libtorch_version = TORCH_VERSION;
+  using CfgFn = char* (*)();
+  if (auto fn = reinterpret_cast<CfgFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+    s.blas = std::string("OpenBLAS ") + fn();
+  } else {
+    s.blas = "not OpenBLAS (see `ldd $(which amused) | grep blas`)";
+  }
+  s.cuda_available = torch::cuda::is_available();
+  return s;
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+double peak_cuda_memory_mib() {
+#ifdef AMUSED_WITH_CUDA
+  if (!torch::cuda::is_available()) return 0.0;
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+  return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // [0] = aggregate
+#else
+  return 0.0;  // this LibTorch has no CUDA
+#endif
+}
+
+double measure_matmul_gflops(const std::string& dtype, const std::string& device, int n, double seconds) {
+  torch::NoGradGuard g;
+  const auto dev = parse_device(device);
+  const auto dt = parse_dtype(dtype);
+  auto a = torch::randn({n, n}).to(dev, dt);
+  auto b = torch::randn({n, n}).to(dev, dt);
+  auto c = torch::mm(a, b);  // warm-up
+  if (dev.is_cuda()) torch::cuda::synchronize();
+  double best = 0;
+  const auto start = std::chrono::steady_clock::now();
+  do {
+    const auto t0 = std::chrono::steady_clock::now();
+    c = torch::mm(a, b);
+    if (dev.is_cuda()) torch::cuda::synchronize();
+    const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * n * n * static_cast<double>(n) / dt_s / 1e9);
+  } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds);
+  return best;
+}
+
+}  // namespace amused
