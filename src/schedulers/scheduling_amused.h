@@ -39,6 +39,9 @@ struct AmusedSchedulerConfig {
 };
 
 // torch.Generator().manual_seed(seed) on the CPU (mt19937). Works with LibTorch 1.13 and 2.x.
+// Torch ops that take the generator lock its mutex themselves: never hold gen.mutex() around them
+// (std::mutex is not recursive); only direct engine calls
+// (gen.get<at::CPUGeneratorImpl>()->random()) need the lock.
 at::Generator make_cpu_generator(uint64_t seed);
 
 // The temperature argument of set_timesteps, in the forms the reference accepts.
