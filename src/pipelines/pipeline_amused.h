@@ -20,6 +20,21 @@
 
 namespace amused {
 
+using models::CLIPTextConfig;
+using models::CLIPTextModelWithProjection;
+using models::to_uint8_nhwc;
+using models::UVit2DConfig;
+using models::UVit2DModel;
+using models::VQModel;
+using models::VQModelConfig;
+
+// The public Temperature (pair / single / per step) as the scheduler's schedule.
+inline TemperatureSchedule to_scheduler_temperature(const Temperature& t) {
+  if (t.scalar) return TemperatureSchedule::scalar(t.values.at(0));
+  if (t.values.size() == 2) return TemperatureSchedule::pair(t.values[0], t.values[1]);
+  return TemperatureSchedule::list(t.values);
+}
+
 // Text conditioning for a batch: CLIP penultimate hidden states [B, 77, H] and projected pooled
 // embeddings [B, P], in the transformer's dtype and device.
 struct PromptEmbeddings {

@@ -82,29 +82,29 @@ at::Generator make_cpu_generator(uint64_t seed) {
 
 // ------------------------------------------------------------------------------- temperature
 
-Temperature Temperature::pair(double start, double end) {
-  Temperature t;
+TemperatureSchedule TemperatureSchedule::pair(double start, double end) {
+  TemperatureSchedule t;
   t.kind_ = Kind::kPair;
   t.values_ = {start, end};
   return t;
 }
 
-Temperature Temperature::scalar(double value) {
-  Temperature t;
+TemperatureSchedule TemperatureSchedule::scalar(double value) {
+  TemperatureSchedule t;
   t.kind_ = Kind::kScalar;
   t.values_ = {value};
   return t;
 }
 
-Temperature Temperature::list(std::vector<double> values) {
+TemperatureSchedule TemperatureSchedule::list(std::vector<double> values) {
   if (values.size() == 2) return pair(values[0], values[1]);
-  Temperature t;
+  TemperatureSchedule t;
   t.kind_ = Kind::kList;
   t.values_ = std::move(values);
   return t;
 }
 
-Temperature Temperature::from_json(const json& j) {
+TemperatureSchedule TemperatureSchedule::from_json(const json& j) {
   if (j.is_number()) return scalar(j.get<double>());
   if (j.is_array()) {
     std::vector<double> v;
@@ -119,7 +119,7 @@ Temperature Temperature::from_json(const json& j) {
   throw InvalidArgument("temperature: expected a number or a list of numbers, got " + j.dump());
 }
 
-std::string Temperature::to_string() const {
+std::string TemperatureSchedule::to_string() const {
   std::ostringstream os;
   if (kind_ == Kind::kScalar) {
     os << values_[0];
@@ -131,7 +131,7 @@ std::string Temperature::to_string() const {
   return os.str();
 }
 
-torch::Tensor Temperature::resolve(int64_t n, torch::Device device) const {
+torch::Tensor TemperatureSchedule::resolve(int64_t n, torch::Device device) const {
   if (n < 1) throw InvalidArgument("num_inference_steps: expected >= 1, got " + std::to_string(n));
   const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   switch (kind_) {
@@ -218,7 +218,7 @@ AmusedScheduler AmusedScheduler::with_masking_schedule(const std::string& maskin
   return s;
 }
 
-void AmusedScheduler::set_timesteps(int64_t num_inference_steps, const Temperature& temperature,
+void AmusedScheduler::set_timesteps(int64_t num_inference_steps, const TemperatureSchedule& temperature,
                                     torch::Device device) {
   if (num_inference_steps < 1)
     throw InvalidArgument("num_inference_steps: expected >= 1, got " +

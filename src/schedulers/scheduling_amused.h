@@ -45,18 +45,18 @@ struct AmusedSchedulerConfig {
 at::Generator make_cpu_generator(uint64_t seed);
 
 // The temperature argument of set_timesteps, in the forms the reference accepts.
-class Temperature {
+class TemperatureSchedule {
  public:
   // (a, b) -> linspace(a, b, N): the reference's tuple/list form; default (2, 0).
-  static Temperature pair(double start, double end);
+  static TemperatureSchedule pair(double start, double end);
   // t -> linspace(t, 0.01, N): the reference's scalar form.
-  static Temperature scalar(double t);
+  static TemperatureSchedule scalar(double t);
   // A list: 2 values are a pair (as in the reference); any other length must equal N and gives
   // the per-step temperatures directly (an extension: the reference would only read the first
   // two). A wrong length is an InvalidArgument at set_timesteps.
-  static Temperature list(std::vector<double> values);
+  static TemperatureSchedule list(std::vector<double> values);
   // A JSON number (scalar) or array (list).
-  static Temperature from_json(const nlohmann::json& j);
+  static TemperatureSchedule from_json(const nlohmann::json& j);
 
   // The [N] float32 temperatures on `device`.
   torch::Tensor resolve(int64_t num_inference_steps, torch::Device device = torch::kCPU) const;
@@ -97,10 +97,10 @@ class AmusedScheduler {
  public:
   explicit AmusedScheduler(AmusedSchedulerConfig config);
 
-  // timesteps = [N-1, ..., 0] (int64), temperatures = Temperature::resolve (float32), on `device`.
+  // timesteps = [N-1, ..., 0] (int64), temperatures = TemperatureSchedule::resolve (float32), on `device`.
   // N < 1 or a list temperature of the wrong length is an InvalidArgument.
   void set_timesteps(int64_t num_inference_steps,
-                     const Temperature& temperature = Temperature::pair(2.0, 0.0),
+                     const TemperatureSchedule& temperature = TemperatureSchedule::pair(2.0, 0.0),
                      torch::Device device = torch::kCPU);
 
   torch::Tensor timesteps;     // [N] int64

@@ -37,8 +37,9 @@ amused::TextToImageParams params_from(const json& args) {
     if (t.is_number()) {
       p.temperature = amused::Temperature::single(t.get<double>());
     } else {
+      // The reference reads a list as the pair (first, second).
       auto v = t.get<std::vector<double>>();
-      p.temperature = v.size() == 2 ? amused::Temperature::pair(v[0], v[1]) : amused::Temperature::per_step(v);
+      p.temperature = amused::Temperature::pair(v.at(0), v.at(1));
     }
   }
   p.seed = args.at("generator").get<uint64_t>();

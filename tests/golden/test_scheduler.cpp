@@ -9,7 +9,7 @@
 using amused::AmusedScheduler;
 using amused::AmusedSchedulerConfig;
 using amused::make_cpu_generator;
-using amused::Temperature;
+using amused::TemperatureSchedule;
 using amused::testing::golden_cases_of_kind;
 using amused::testing::golden_tensor;
 using amused::testing::matches_descriptor;
@@ -22,9 +22,9 @@ AmusedScheduler scheduler_for(const json& c) {
   return AmusedScheduler(AmusedSchedulerConfig::from_json(cfg, c["id"].get<std::string>()));
 }
 
-Temperature temperature_of(const json& inputs) {
-  return inputs.contains("temperature") ? Temperature::from_json(inputs["temperature"])
-                                        : Temperature::pair(2.0, 0.0);
+TemperatureSchedule temperature_of(const json& inputs) {
+  return inputs.contains("temperature") ? TemperatureSchedule::from_json(inputs["temperature"])
+                                        : TemperatureSchedule::pair(2.0, 0.0);
 }
 
 }  // namespace

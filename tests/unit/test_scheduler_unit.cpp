@@ -9,7 +9,7 @@ using amused::AmusedSchedulerConfig;
 using amused::ConfigError;
 using amused::InvalidArgument;
 using amused::make_cpu_generator;
-using amused::Temperature;
+using amused::TemperatureSchedule;
 using nlohmann::json;
 
 namespace {
@@ -83,17 +83,17 @@ TEST(SchedulerUnit, SetTimestepsArguments) {
   AmusedScheduler s = make_scheduler();
   EXPECT_THROW(s.set_timesteps(0), InvalidArgument);
   EXPECT_THROW(s.set_timesteps(-3), InvalidArgument);
-  EXPECT_THROW(s.set_timesteps(12, Temperature::list({1.0, 0.5, 0.2})), InvalidArgument);
-  EXPECT_THROW(s.set_timesteps(3, Temperature::list({})), InvalidArgument);
-  EXPECT_THROW(Temperature::from_json(json("hot")), InvalidArgument);
-  EXPECT_THROW(Temperature::from_json(json::array({1, "x"})), InvalidArgument);
+  EXPECT_THROW(s.set_timesteps(12, TemperatureSchedule::list({1.0, 0.5, 0.2})), InvalidArgument);
+  EXPECT_THROW(s.set_timesteps(3, TemperatureSchedule::list({})), InvalidArgument);
+  EXPECT_THROW(TemperatureSchedule::from_json(json("hot")), InvalidArgument);
+  EXPECT_THROW(TemperatureSchedule::from_json(json::array({1, "x"})), InvalidArgument);
 
   // One value per step is taken as is.
-  s.set_timesteps(3, Temperature::list({3.0, 1.0, 0.25}));
+  s.set_timesteps(3, TemperatureSchedule::list({3.0, 1.0, 0.25}));
   EXPECT_TRUE(torch::equal(s.temperatures, torch::tensor({3.0f, 1.0f, 0.25f})));
   EXPECT_TRUE(torch::equal(s.timesteps, torch::tensor({int64_t{2}, int64_t{1}, int64_t{0}})));
   // Two values are a (start, end) pair, as in the reference.
-  s.set_timesteps(5, Temperature::list({2.0, 0.0}));
+  s.set_timesteps(5, TemperatureSchedule::list({2.0, 0.0}));
   EXPECT_TRUE(torch::equal(s.temperatures, torch::linspace(2.0, 0.0, 5)));
   EXPECT_EQ(s.temperatures.scalar_type(), torch::kFloat32);
 }
@@ -182,7 +182,7 @@ TEST(SchedulerUnit, GeneratorIsSeededAndReproducible) {
 // The same draws give the same step whether they come from the generator or are passed in.
 TEST(SchedulerUnit, StepWithNoiseMatchesStep) {
   AmusedScheduler s = make_scheduler();
-  s.set_timesteps(6, Temperature::scalar(3.0));
+  s.set_timesteps(6, TemperatureSchedule::scalar(3.0));
   torch::manual_seed(3);
   const torch::Tensor logits = torch::randn({2, 32, 4, 4});
   torch::Tensor sample = torch::randint(0, 32, {2, 4, 4});
