@@ -135,6 +135,7 @@ struct ClipTokenizer::Impl {
   int64_t max_length = 77;
   bool clean_up_spaces = true;
 
+  static constexpr size_t kMaxCacheEntries = 200000;
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache;
 
@@ -184,6 +185,8 @@ std::vector<std::string> ClipTokenizer::Impl::bpe(const std::string& piece) cons
     word = std::move(merged);
   }
   std::lock_guard<std::mutex> lock(cache_mutex);
+  // Bounded so that a long-running server fed arbitrary text does not grow without limit.
+  if (cache.size() >= kMaxCacheEntries) cache.clear();
   cache.emplace(piece, word);
   return word;
 }
