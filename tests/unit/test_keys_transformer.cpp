@@ -151,6 +151,46 @@ TEST(UVit2DInputs, WrongShapesAreClearErrors) {
                amused::InvalidArgument);
 }
 
+TEST(UVit2DInit, OpenMuseStyleInitialisation) {
+  UVit2DConfig c;
+  c.hidden_size = 16;
+  c.cond_embed_dim = 8;
+  c.micro_cond_encode_dim = 4;
+  c.micro_cond_embed_dim = 20;
+  c.encoder_hidden_size = 8;
+  c.vocab_size = 12;
+  c.codebook_size = 10;
+  c.in_channels = 8;
+  c.block_out_channels = 8;
+  c.num_res_blocks = 2;
+  c.block_num_heads = 2;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.intermediate_size = 16;
+  c.downsample = c.upsample = true;
+  UVit2DModel model(c);
+  torch::manual_seed(0);
+  model->init_weights();
+  for (const auto& p : model->named_parameters()) {
+    const auto& key = p.key();
+    const auto& t = p.value();
+    ASSERT_TRUE(torch::isfinite(t).all().item<bool>()) << key;
+    const bool mapper = key.find("cond_embeds_mapper") != std::string::npos ||
+                        key.find(".linear.weight") != std::string::npos;
+    if (mapper || key == "mlm_layer.conv1.weight" ||
+        key.find("channelwise_norm") != std::string::npos) {
+      EXPECT_EQ(t.abs().max().item<float>(), 0.f) << key;
+    } else if (key.find("norm") != std::string::npos) {  // RMSNorm / LayerNorm weights
+      EXPECT_TRUE(torch::all(t == 1).item<bool>()) << key;
+    } else {
+      EXPECT_GT(t.std().item<float>(), 0.f) << key;
+      EXPECT_LT(t.abs().max().item<float>(), 2.f) << key;
+    }
+  }
+  const auto& emb = model->embed->embeddings->weight;
+  EXPECT_TRUE(torch::equal(model->mlm_layer->conv2->weight.flatten(1), emb.slice(0, 0, 10)));
+}
+
 TEST(UVit2DFullSize, SlowForwardRandomWeights) {
   AMUSED_REQUIRE_GOLDEN();
   for (const std::string name : {"amused-256", "amused-512"}) {
