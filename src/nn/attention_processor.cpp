@@ -1,0 +1,53 @@
+#include "nn/attention_processor.h"
+
+#include <cmath>
+
+namespace amused::nn {
+
+AttentionImpl::AttentionImpl(int64_t query_dim, std::optional<int64_t> cross_attention_dim,
+                             int64_t heads_, int64_t dim_head_, double dropout, bool bias,
+                             bool out_bias)
+    : heads(heads_), dim_head(dim_head_), scale(1.0 / std::sqrt(static_cast<double>(dim_head_))) {
+  const int64_t inner_dim = heads * dim_head;
+  const int64_t context_dim = cross_attention_dim.value_or(query_dim);
+  to_q = register_module("to_q", Linear(query_dim, inner_dim, bias));
+  to_k = register_module("to_k", Linear(context_dim, inner_dim, bias));
+  to_v = register_module("to_v", Linear(context_dim, inner_dim, bias));
+  to_out_0 = Linear(inner_dim, query_dim, out_bias);
+  to_out_1 = torch::nn::Dropout(dropout);
+  to_out = register_module("to_out", torch::nn::ModuleList(to_out_0, to_out_1));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
+                                     const torch::Tensor& encoder_hidden_states) {
+  const auto& context = encoder_hidden_states.defined() ? encoder_hidden_states : hidden_states;
+  const int64_t batch_size = hidden_states.size(0);
+
+  auto query = to_q(hidden_states);
+  auto key = to_k(context);
+  auto value = to_v(context);
+
+  // [B, N, heads * dim_head] -> [B, heads, N, dim_head]
+  query = query.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
+  key = key.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
+  value = value.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
+
+  // [B, heads, N, M]; softmax in the tensors' own dtype: the reference processor does not upcast.
+  auto attention_probs = (torch::matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
+  auto out = torch::matmul(attention_probs, value);
+  // [B, heads, N, dim_head] -> [B, N, heads * dim_head]
+  out = out.transpose(1, 2).reshape({batch_size, -1, heads * dim_head});
+
+  out = to_out_0(out);
+  out = to_out_1(out);
+  return out;
+}
+
+void AttentionImpl::reset_parameters() {
+  to_q->reset_parameters();
+  to_k->reset_parameters();
+  to_v->reset_parameters();
+  to_out_0->reset_parameters();
+}
+
+}  // namespace amused::nn
