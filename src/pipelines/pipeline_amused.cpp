@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "io/diffusers_repo.h"
 #include "io/state_dict.h"
+#include "models/flops.h"
 #include "amused/image_io.h"
 
 namespace amused {
@@ -196,7 +197,8 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   impl->device = parse_device(options.device);
   impl->dtype = parse_dtype(options.dtype);
   if (impl->device.is_cpu() && impl->dtype == torch::kFloat16)
-    log::warn("float16 on the CPU is slow and less accurate; bfloat16 is the better 16-bit choice there");
+    throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
+                      "use bfloat16 (or float32) on the CPU");
   const int threads = configure_threads(options.threads);
 
   RepoOptions ro;
@@ -204,7 +206,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   ro.revision = options.revision;
   ro.variant = options.variant;
   ro.progress = options.download_progress;
-  DiffusersRepo repo = DiffusersRepo::open(model, ro);
+  io::DiffusersRepo repo = io::DiffusersRepo::open(model, ro);
 
   torch::NoGradGuard no_grad;
   impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty() ? repo.component_dir("tokenizer")
@@ -258,9 +260,21 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   s.threads = threads;
   s.vq_scale_factor = static_cast<int>(impl->vq_scale_factor);
   s.default_width = s.default_height = static_cast<int>(impl->sample_size * impl->vq_scale_factor);
-  s.codebook_size = impl->transformer->config.codebook_size;
+  s.codebook_size = impl->transformer->config().codebook_size;
   s.mask_token_id = impl->scheduler_config.mask_token_id;
   s.masking_schedule = impl->scheduler_config.masking_schedule;
+  const int64_t grid = impl->sample_size;
+  s.transformer_gflop = models::uvit_2d_flops(impl->transformer->config(), grid, grid) / 1e9;
+  s.vq_decode_gflop = models::vq_decode_flops(impl->vqvae->config(), grid, grid) / 1e9;
+  s.text_encoder_gflop = models::clip_text_flops(impl->text_encoder->config()) / 1e9;
+  auto count = [](const torch::nn::Module& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  s.transformer_parameters = count(*impl->transformer);
+  s.vq_parameters = count(*impl->vqvae);
+  s.text_encoder_parameters = count(*impl->text_encoder);
   s.load_seconds = seconds_since(t0);
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
@@ -297,7 +311,7 @@ void Pipeline::Impl::check_size(int width, int height) const {
                           " is not a positive multiple of the VQ scale factor " + std::to_string(scale) +
                           " (try " + std::to_string(std::max<int64_t>(scale, width / scale * scale)) + "x" +
                           std::to_string(std::max<int64_t>(scale, height / scale * scale)) + ")");
-  if (transformer->config.downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
+  if (transformer->config().downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
     throw InvalidArgument("this model down-samples its token grid by 2: width and height must be multiples of " +
                           std::to_string(2 * scale) + ", got " + std::to_string(width) + "x" +
                           std::to_string(height));
