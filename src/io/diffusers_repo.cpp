@@ -265,7 +265,12 @@ DiffusersRepo DiffusersRepo::open(const std::string& model, const RepoOptions& o
           "' is a file, expected a diffusers folder (model_index.json + component folders)");
     repo.root_ = p;
   } else if (hub::is_repo_id(model) && !starts_with(model, "./")) {
-    repo.root_ = resolve_hub(model, options);
+    try {
+      repo.root_ = resolve_hub(model, options);
+    } catch (const IoError& e) {
+      // A mistyped relative folder also looks like a repo id: say both readings failed.
+      throw IoError("no local folder '" + model + "', and as a hub repo id: " + e.what());
+    }
     repo.from_hub_ = true;
   } else {
     throw ConfigError(

@@ -378,6 +378,13 @@ TEST(InspectCli, ErrorsAreOneLine) {
 
   write_text(root / "model_index.json", R"({"_class_name": "StableDiffusionPipeline"})");
   expect_cli_error("inspect -m '" + root.string() + "'", "StableDiffusionPipeline");
+
+  // A hub repo id that is not cached, offline (flag or environment): no network, a hint.
+  ScopedEnv cache("HF_HUB_CACHE", (tmp / "hub").string());
+  ScopedEnv offline("HF_HUB_OFFLINE", std::nullopt);
+  expect_cli_error("inspect -m org/absent --offline", "without --offline");
+  ScopedEnv offline_env("HF_HUB_OFFLINE", std::string("1"));
+  expect_cli_error("inspect -m org/absent", "org/absent");
 }
 
 // ----------------------------------------------------------------------------- PNG text
