@@ -145,8 +145,7 @@ fs::path resolve_hub(const std::string& repo_id, const RepoOptions& options) {
   }
   if (offline) {
     throw IoError("'" + repo_id + "' (revision " + revision +
-                  ") is not a local folder and not in the Hugging Face cache ('" +
-                  repo_folder.string() +
+                  ") is not in the Hugging Face cache ('" + repo_folder.string() +
                   "'), and offline mode is on (--offline or HF_HUB_OFFLINE=1): run once "
                   "without --offline to download it, or pass the path of a downloaded folder");
   }
