@@ -4,8 +4,16 @@
 //
 //   #include <amused/amused.h>
 //
-//   amused::set_threads(0);                                   // all physical cores (default)
-//   auto ids = amused::ClipTokenizer::from_folder("amused-256/tokenizer")->encode("a cat");
+//   amused::LoadOptions load;                                 // cpu, float32, all physical cores
+//   auto pipe = amused::Pipeline::load("amused/amused-256", load);   // folder or hub repo id
+//   amused::TextToImageParams params;
+//   params.prompts = {"a photo of a cat"};
+//   params.seed = 0;
+//   amused::GenerationResult result = pipe->text_to_image(params);
+//   amused::save_png("cat.png", result.images[0]);
+//
+//   // Tokens only:
+//   auto ids = amused::ClipTokenizer::from_folder("amused-256/tokenizer")->encode_padded("a cat");
 //
 // Everything the CLI and the server do goes through the headers included here.
 #pragma once
@@ -13,6 +21,12 @@
 #include <string>
 
 #include "amused/error.h"
+#include "amused/image_io.h"
+#include "amused/pipeline.h"
+#include "amused/png_text.h"
+#include "amused/repo.h"
+#include "amused/system.h"
+#include "amused/tokenizer.h"
 
 namespace amused {
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "amused/pipeline.h"
+#include "amused/png_text.h"  // read_png_text
 
 namespace amused {
 
@@ -16,9 +17,6 @@ using TextChunks = std::vector<std::pair<std::string, std::string>>;
 // Throws amused::IoError naming the path (e.g. the folder does not exist).
 void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text = {});
 
-// The text chunks (tEXt, zTXt, iTXt) of a PNG file, in file order. Throws amused::IoError when the
-// file is missing or not a valid PNG.
-TextChunks read_png_text(const std::filesystem::path& path);
 
 }  // namespace amused
 

@@ -65,7 +65,7 @@ void png_on_error(png_structp png, png_const_charp msg) {
 void png_on_warning(png_structp, png_const_charp) {}
 
 Image decode_png(const std::string& data, const fs::path& path) {
-  PngReadState st{&data};
+  PngReadState st{&data, 0, {}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, png_on_error, png_on_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) throw IoError("libpng: out of memory");

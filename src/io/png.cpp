@@ -84,40 +84,4 @@ void save_png(const std::filesystem::path& path, const Image& image, const TextC
   io::write_file_atomic(path, bytes);
 }
 
-TextChunks read_png_text(const std::filesystem::path& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) throw IoError("cannot open '" + path.string() + "': " + std::strerror(errno));
-  unsigned char sig[8] = {0};
-  if (std::fread(sig, 1, 8, f) != 8 || png_sig_cmp(sig, 0, 8) != 0) {
-    std::fclose(f);
-    throw IoError("'" + path.string() + "' is not a PNG file");
-  }
-  ErrorState err;
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, on_error, on_warning);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!png || !info) {
-    std::fclose(f);
-    throw IoError("libpng: out of memory");
-  }
-  TextChunks out;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    std::fclose(f);
-    throw IoError("'" + path.string() + "' is not a valid PNG file: " + err.message);
-  }
-  png_init_io(png, f);
-  png_set_sig_bytes(png, 8);
-  png_read_info(png, info);
-  png_textp text = nullptr;
-  int n = 0;
-  png_get_text(png, info, &text, &n);
-  for (int i = 0; i < n; ++i) {
-    const size_t len = text[i].compression >= PNG_ITXT_COMPRESSION_NONE ? text[i].itxt_length : text[i].text_length;
-    out.emplace_back(text[i].key, std::string(text[i].text, len));
-  }
-  png_destroy_read_struct(&png, &info, nullptr);
-  std::fclose(f);
-  return out;
-}
-
 }  // namespace amused

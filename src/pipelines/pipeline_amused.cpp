@@ -209,8 +209,9 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   io::DiffusersRepo repo = io::DiffusersRepo::open(model, ro);
 
   torch::NoGradGuard no_grad;
-  impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty() ? repo.component_dir("tokenizer")
-                                                                             : options.tokenizer_dir);
+  impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty()
+                                                   ? repo.component_dir("tokenizer")
+                                                   : std::filesystem::path(options.tokenizer_dir));
 
   io::LoadOptions lo;
   lo.device = impl->device;

@@ -142,8 +142,7 @@ TEST(GenerateCli, WritesPngTokensAndMetadata) {
   EXPECT_TRUE(std::filesystem::exists(tmp / "img-1.png"));
   auto grids = amused::load_token_grids(tmp / "t.safetensors");
   EXPECT_TRUE(matches_descriptor(tokens_tensor(grids), c["outputs"]["final_tokens"], "cli final_tokens"));
-  auto text = amused::read_png_text(tmp / "img-1.png");
-  std::map<std::string, std::string> meta(text.begin(), text.end());
+  auto meta = amused::read_png_text((tmp / "img-1.png").string());
   EXPECT_EQ(meta["prompt"], "a dog wearing a hat");
   EXPECT_EQ(meta["seed"], "4");
   EXPECT_EQ(meta["steps"], "6");
