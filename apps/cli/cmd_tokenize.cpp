@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "amused/error.h"
+#include "amused/repo.h"
 #include "amused/tokenizer.h"
 #include "command.h"
 
@@ -16,14 +17,20 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A diffusers model folder (<model>/tokenizer/vocab.json) or a tokenizer folder (<dir>/vocab.json).
-fs::path resolve_tokenizer_dir(const std::string& model) {
-  const fs::path p(model);
-  if (!fs::exists(p))
-    throw amused::InvalidArgument(
-        "--model '" + model +
-        "' does not exist: expected a diffusers model folder (with tokenizer/) "
-        "or a tokenizer folder (with vocab.json)");
+// A diffusers model folder (<model>/tokenizer/vocab.json), a tokenizer folder (<dir>/vocab.json), or
+// a hub repo id resolved through the Hugging Face cache (downloaded unless offline).
+fs::path resolve_tokenizer_dir(const std::string& model, bool offline) {
+  fs::path p(model);
+  if (!fs::exists(p)) {
+    if (model.find('/') == std::string::npos || model.front() == '.' || model.front() == '/')
+      throw amused::InvalidArgument(
+          "--model '" + model +
+          "' does not exist: expected a diffusers model folder (with tokenizer/), a tokenizer folder "
+          "(with vocab.json) or a hub repo id such as amused/amused-256");
+    amused::RepoOptions ro;
+    ro.offline = offline;
+    p = amused::resolve_model_path(model, ro);
+  }
   if (fs::is_regular_file(p / "tokenizer" / "vocab.json")) return p / "tokenizer";
   if (fs::is_regular_file(p / "vocab.json")) return p;
   throw amused::ConfigError("--model '" + model + "': no tokenizer found: expected '" +
@@ -56,6 +63,7 @@ struct Options {
   std::vector<std::string> prompts;
   int64_t max_length = 77;
   bool tokens = false;
+  bool offline = false;
 };
 
 amused::cli::Registrar reg(
@@ -63,13 +71,14 @@ amused::cli::Registrar reg(
     [](CLI::App& sub) {
       auto opt = std::make_shared<Options>();
       sub.add_option("-m,--model", opt->model,
-                     "Diffusers model folder (containing tokenizer/) or a tokenizer folder")
+                     "Diffusers model folder (containing tokenizer/), tokenizer folder, or hub repo id")
           ->required();
       sub.add_option("-f,--file", opt->file, "Text file with one prompt per line ('-' = stdin)");
       sub.add_option("prompts", opt->prompts,
                      "Prompts (each one argument; printed before the --file ones)");
       sub.add_option("--max-length", opt->max_length, "Padded length (the pipelines use 77)")
           ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+      sub.add_flag("--offline", opt->offline, "Never use the network (also HF_HUB_OFFLINE=1)");
       sub.add_flag("--tokens", opt->tokens,
                    "Print the BPE token strings (untruncated) instead of padded ids");
       return std::function<int()>([opt] {
@@ -84,7 +93,7 @@ amused::cli::Registrar reg(
           throw amused::InvalidArgument(
               "no prompts: give them as arguments or with --file PROMPTS.txt");
         const auto tokenizer =
-            amused::ClipTokenizer::from_folder(resolve_tokenizer_dir(opt->model));
+            amused::ClipTokenizer::from_folder(resolve_tokenizer_dir(opt->model, opt->offline));
         for (const auto& p : prompts) {
           const nlohmann::json row =
               opt->tokens ? nlohmann::json(tokenizer->tokenize(p))
