@@ -1,0 +1,35 @@
+// Experiment: full-size U-ViT forward time (random weights) per dtype, batch 2 (one CFG step).
+// Build: see dev/README.md.
+#include <chrono>
+#include <cstdio>
+
+#include "core/config.h"
+#include "core/threads.h"
+#include "models/flops.h"
+#include "models/uvit_2d.h"
+
+int main(int argc, char** argv) {
+  const std::string cfg_path = argc > 1 ? argv[1] : "../shared/golden/full-configs/amused-256/transformer/config.json";
+  const std::string dtype = argc > 2 ? argv[2] : "float32";
+  const int iters = argc > 3 ? std::atoi(argv[3]) : 3;
+  amused::configure_threads(0);
+  auto cfg = amused::models::UVit2DConfig::from_json(amused::read_json_file(cfg_path), cfg_path);
+  amused::models::UVit2DModel m(cfg);
+  m->init_weights();
+  const auto dt = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+  m->to(dt);
+  m->eval();
+  torch::NoGradGuard g;
+  const int64_t B = 2, s = cfg.sample_size;
+  auto ids = torch::randint(0, cfg.codebook_size, {B, s, s});
+  auto ehs = torch::randn({B, 77, cfg.encoder_hidden_size}).to(dt);
+  auto pooled = torch::randn({B, cfg.cond_embed_dim}).to(dt);
+  auto micro = torch::tensor({256.f, 256.f, 0.f, 0.f, 6.f}).unsqueeze(0).expand({B, 5}).to(dt);
+  const double gflop = amused::models::uvit_2d_flops(cfg, s, s) * B / 1e9;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto out = m->forward(ids, ehs, pooled, micro);
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%s forward B=%lld: %.3f s, %.1f GFLOP/s\n", dtype.c_str(), (long long)B, sec, gflop / sec);
+  }
+}
