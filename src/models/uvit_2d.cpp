@@ -1,5 +1,7 @@
 #include "models/uvit_2d.h"
 
+#include "nn/cond_cache.h"
+
 #include <cmath>
 
 #include "amused/error.h"
@@ -197,7 +199,9 @@ torch::Tensor ConvNextBlockImpl::forward(const torch::Tensor& x_in,
   x = x + x_res;
 
   // Modulation after the residual add, as in the reference. [B, 2C] -> 2 x [B, C]
-  auto chunks = cond_embeds_mapper(torch::silu(cond_embeds)).chunk(2, /*dim=*/1);
+  auto modulation = nn::memo(cond_embeds_mapper.get(), {cond_embeds},
+                             [&] { return cond_embeds_mapper(torch::silu(cond_embeds)); });
+  auto chunks = modulation.chunk(2, /*dim=*/1);
   // [B, C] -> [B, C, 1, 1]
   const auto scale = chunks[0].unsqueeze(-1).unsqueeze(-1);
   const auto shift = chunks[1].unsqueeze(-1).unsqueeze(-1);
@@ -371,8 +375,10 @@ torch::Tensor UVit2DModelImpl::forward(const torch::Tensor& input_ids,
     if (debug) (*debug)[name] = t;
   };
 
-  auto encoder_hidden_states = encoder_proj(encoder_hidden_states_in);
-  encoder_hidden_states = encoder_proj_layer_norm(encoder_hidden_states);
+  // Text projection and conditioning vector: the same at every denoising step (nn::memo).
+  auto encoder_hidden_states = nn::memo(encoder_proj.get(), {encoder_hidden_states_in}, [&] {
+    return encoder_proj_layer_norm(encoder_proj(encoder_hidden_states_in));
+  });
   record("encoder_proj_layer_norm", encoder_hidden_states);
 
   // [B, 5] -> [B*5] -> [B*5, encode_dim] (cos first) -> [B, 5*encode_dim]
@@ -382,12 +388,16 @@ torch::Tensor UVit2DModelImpl::forward(const torch::Tensor& input_ids,
                                  /*downscale_freq_shift=*/0);
   micro_cond_embeds = micro_cond_embeds.reshape({batch, -1});
 
-  auto pooled_text_emb = torch::cat({pooled_text_emb_in, micro_cond_embeds}, /*dim=*/1);
-  pooled_text_emb = pooled_text_emb.to(dtype());
-  record("cond_embed_input", pooled_text_emb);
-  pooled_text_emb = cond_embed(pooled_text_emb);
-  record("cond_embed", pooled_text_emb);
-  pooled_text_emb = pooled_text_emb.to(encoder_hidden_states.scalar_type());
+  auto cond_embed_input = torch::cat({pooled_text_emb_in, micro_cond_embeds}, /*dim=*/1);
+  cond_embed_input = cond_embed_input.to(dtype());
+  record("cond_embed_input", cond_embed_input);
+  auto cond = nn::memo(cond_embed.get(), {pooled_text_emb_in, micro_conds},
+                       [&] { return cond_embed(cond_embed_input); });
+  record("cond_embed", cond);
+  // Keyed on the model's config (any address unique to this model works): the cast of the
+  // conditioning vector to the text states' dtype, so its consumers see one tensor every step.
+  auto pooled_text_emb = nn::memo(&config_, {cond},
+                                  [&] { return cond.to(encoder_hidden_states.scalar_type()); });
 
   auto hidden_states = embed(input_ids);
   record("embed", hidden_states);

@@ -1,5 +1,7 @@
 #include "nn/attention.h"
 
+#include "nn/cond_cache.h"
+
 namespace amused::nn {
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, std::optional<int64_t> dim_out, int64_t mult,
@@ -94,7 +96,10 @@ SkipFFTransformerBlockImpl::SkipFFTransformerBlockImpl(
 torch::Tensor SkipFFTransformerBlockImpl::forward(const torch::Tensor& hidden_states_in,
                                                   const torch::Tensor& encoder_hidden_states_in) {
   auto encoder_hidden_states = encoder_hidden_states_in;
-  if (kv_mapper) encoder_hidden_states = kv_mapper(torch::silu(encoder_hidden_states));
+  if (kv_mapper) {
+    encoder_hidden_states = memo(kv_mapper.get(), {encoder_hidden_states_in},
+                                 [&] { return kv_mapper(torch::silu(encoder_hidden_states_in)); });
+  }
 
   auto norm_hidden_states = norm1(hidden_states_in);
   auto attn_output = attn1(norm_hidden_states, encoder_hidden_states);

@@ -1,5 +1,7 @@
 #include "nn/attention_processor.h"
 
+#include "nn/cond_cache.h"
+
 #include <cmath>
 
 namespace amused::nn {
@@ -24,8 +26,15 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   const int64_t batch_size = hidden_states.size(0);
 
   auto query = to_q(hidden_states);
-  auto key = to_k(context);
-  auto value = to_v(context);
+  torch::Tensor key, value;
+  if (encoder_hidden_states.defined()) {
+    // Cross-attention: keys and values depend on the text only (reused across denoising steps).
+    key = memo(to_k.get(), {context}, [&] { return to_k(context); });
+    value = memo(to_v.get(), {context}, [&] { return to_v(context); });
+  } else {
+    key = to_k(context);
+    value = to_v(context);
+  }
 
   // [B, N, heads * dim_head] -> [B, heads, N, dim_head]
   query = query.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);

@@ -1,6 +1,7 @@
 #include "nn/normalization.h"
 
 #include "amused/error.h"
+#include "nn/cond_cache.h"
 
 namespace amused::nn {
 
@@ -24,7 +25,8 @@ torch::Tensor AdaLayerNormContinuousImpl::forward(const torch::Tensor& x,
                                                   const torch::Tensor& conditioning_embedding) {
   // The cast of silu(c) to x's dtype follows newer diffusers; a no-op for the U-ViT, which already
   // casts its conditioning vector to the text embedding's dtype.
-  auto emb = linear(torch::silu(conditioning_embedding).to(x.scalar_type()));
+  auto emb = memo(linear.get(), {conditioning_embedding},
+                  [&] { return linear(torch::silu(conditioning_embedding).to(x.scalar_type())); });
   auto chunks = emb.chunk(2, /*dim=*/1);
   const auto& scale = chunks[0];  // [B, D]
   const auto& shift = chunks[1];  // [B, D]

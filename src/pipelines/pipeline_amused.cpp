@@ -13,6 +13,7 @@
 #include "io/diffusers_repo.h"
 #include "io/state_dict.h"
 #include "models/flops.h"
+#include "nn/cond_cache.h"
 #include "amused/image_io.h"
 
 namespace amused {
@@ -116,6 +117,9 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
   const int n = req.num_inference_steps;
   const int to_run = n - req.start_step;
   const auto loop_start = Clock::now();
+  // The conditioning is the same at every step: text projections, cross-attention keys/values and
+  // adaptive-norm modulations are computed once (bit-identical to recomputing them).
+  nn::ConditioningCache cond_cache;
   for (int i = req.start_step; i < n; ++i) {
     const auto t_step = Clock::now();
     const int64_t t = timesteps[i].item<int64_t>();
