@@ -21,6 +21,12 @@ std::string list(const std::vector<std::string>& items, size_t max_items = 12) {
   if (items.size() > max_items) out += "\n  ... and " + std::to_string(items.size() - max_items) + " more";
   return out;
 }
+torch::ScalarType target_dtype(const std::string& key, const torch::Tensor& target, const LoadOptions& options) {
+  if (!torch::isFloatingType(target.scalar_type())) return target.scalar_type();
+  if (options.dtype_for)
+    if (auto d = options.dtype_for(key, target)) return *d;
+  return options.dtype ? *options.dtype : target.scalar_type();
+}
 }  // namespace
 
 StateDict module_state_dict(const torch::nn::Module& module) {
@@ -64,14 +70,23 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
     auto it = state_dict.find(key);
     if (it == state_dict.end()) continue;
     const torch::Tensor& src = it->second;
-    const auto want_dtype = options.dtype && torch::isFloatingType(target.scalar_type()) ? *options.dtype
-                                                                                          : target.scalar_type();
+    const auto want_dtype = target_dtype(key, target, options);
     const auto want_device = options.device ? *options.device : target.device();
     if (options.zero_copy && src.scalar_type() == want_dtype && src.device() == want_device) {
       target.set_data(src);
     } else {
       target.set_data(src.to(want_device, want_dtype).contiguous());
     }
+  }
+}
+
+void convert_parameters(torch::nn::Module& module, const LoadOptions& options) {
+  torch::NoGradGuard no_grad;
+  for (auto& [key, target] : module_state_dict(module)) {
+    const auto want_dtype = target_dtype(key, target, options);
+    const auto want_device = options.device ? *options.device : target.device();
+    if (target.scalar_type() != want_dtype || target.device() != want_device)
+      target.set_data(target.to(want_device, want_dtype));
   }
 }
 

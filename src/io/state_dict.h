@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,11 +27,18 @@ struct LoadOptions {
   // device while loading, and the parameters take that dtype/device (no separate module->to()).
   std::optional<torch::ScalarType> dtype;
   std::optional<torch::Device> device;
+  // Per-key dtype (takes precedence over `dtype` for floating-point tensors when it returns a
+  // value), e.g. 16-bit matrix weights with float32 norms for mixed precision.
+  std::function<std::optional<torch::ScalarType>(const std::string& key, const torch::Tensor& param)> dtype_for;
 };
 
 // `source` names the checkpoint (file path) in error messages.
 void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, const std::string& source,
                      const LoadOptions& options = {});
+
+// Applies `options.dtype` / `dtype_for` / `device` to a module's existing parameters and buffers
+// (e.g. after random initialisation), with the same rules as load_state_dict.
+void convert_parameters(torch::nn::Module& module, const LoadOptions& options);
 
 // The module's parameters and buffers by name (the state-dict view of a module).
 StateDict module_state_dict(const torch::nn::Module& module);

@@ -335,7 +335,9 @@ UVit2DModelImpl::UVit2DModelImpl(const UVit2DConfig& c) : config_(c) {
                                       c.ln_elementwise_affine, c.layer_norm_eps, c.codebook_size));
 }
 
-torch::Dtype UVit2DModelImpl::dtype() const { return encoder_proj->weight.scalar_type(); }
+// The activations' dtype: the norms' weights keep it (with mixed precision the matrix weights are
+// 16-bit while the activations stay float32).
+torch::Dtype UVit2DModelImpl::dtype() const { return encoder_proj_layer_norm->weight.scalar_type(); }
 
 namespace {
 std::string shape_str(const torch::Tensor& t) {

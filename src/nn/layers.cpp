@@ -19,7 +19,24 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool has_bias) : in_features(in)
   weight = register_parameter("weight", torch::empty({out, in}));
   if (has_bias) bias = register_parameter("bias", torch::empty({out}));
 }
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+namespace {
+// Mixed precision: a 16-bit weight with a wider input computes the product in the weight's dtype
+// (the 16-bit matrix kernels) and returns the input's dtype; the bias is added in that dtype.
+bool mixed(const torch::Tensor& x, const torch::Tensor& w) { return x.scalar_type() != w.scalar_type(); }
+torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias, int64_t channel_dim) {
+  if (!bias.defined()) return y;
+  if (channel_dim == -1) return y + bias.to(y.scalar_type());
+  std::vector<int64_t> shape(static_cast<size_t>(y.dim()), 1);
+  shape[static_cast<size_t>(channel_dim)] = bias.size(0);
+  return y + bias.to(y.scalar_type()).reshape(shape);
+}
+}  // namespace
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  if (mixed(x, weight))
+    return add_bias(torch::nn::functional::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type()), bias, -1);
+  return torch::nn::functional::linear(x, weight, bias);
+}
 void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }
 
 Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t g, bool has_bias)
@@ -28,6 +45,11 @@ Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p,
   if (has_bias) bias = register_parameter("bias", torch::empty({out}));
 }
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
+  if (mixed(x, weight))
+    return add_bias(torch::conv2d(x.to(weight.scalar_type()), weight, {}, {stride, stride}, {padding, padding},
+                                  {1, 1}, groups)
+                        .to(x.scalar_type()),
+                    bias, 1);
   return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
 }
 void Conv2dImpl::reset_parameters() { default_init(weight, bias, in_channels / groups * kernel_size * kernel_size); }
@@ -38,6 +60,11 @@ ConvTranspose2dImpl::ConvTranspose2dImpl(int64_t in, int64_t out, int64_t k, int
   if (has_bias) bias = register_parameter("bias", torch::empty({out}));
 }
 torch::Tensor ConvTranspose2dImpl::forward(const torch::Tensor& x) {
+  // LibTorch 1.13's CPU transposed convolution mis-handles 16-bit data: with a 16-bit weight and a
+  // wider input, compute in the input's dtype.
+  if (mixed(x, weight))
+    return torch::conv_transpose2d(x, weight.to(x.scalar_type()), bias.defined() ? bias.to(x.scalar_type()) : bias,
+                                   {stride, stride}, {padding, padding});
   return torch::conv_transpose2d(x, weight, bias, {stride, stride}, {padding, padding});
 }
 void ConvTranspose2dImpl::reset_parameters() {
@@ -51,7 +78,10 @@ LayerNormImpl::LayerNormImpl(int64_t d, double e, bool affine, bool has_bias) : 
     if (has_bias) bias = register_parameter("bias", torch::empty({d}));
   }
 }
-torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
+  if (weight.defined() && mixed(x, weight)) return torch::layer_norm(x.to(weight.scalar_type()), {dim}, weight, bias, eps);
+  return torch::layer_norm(x, {dim}, weight, bias, eps);
+}
 void LayerNormImpl::reset_parameters() {
   torch::NoGradGuard g;
   if (weight.defined()) weight.fill_(1.0);
@@ -65,7 +95,11 @@ GroupNormImpl::GroupNormImpl(int64_t groups, int64_t channels, double e, bool af
     bias = register_parameter("bias", torch::empty({channels}));
   }
 }
-torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) { return torch::group_norm(x, num_groups, weight, bias, eps); }
+torch::Tensor GroupNormImpl::forward(const torch::Tensor& x) {
+  if (weight.defined() && mixed(x, weight))
+    return torch::group_norm(x.to(weight.scalar_type()), num_groups, weight, bias, eps);
+  return torch::group_norm(x, num_groups, weight, bias, eps);
+}
 void GroupNormImpl::reset_parameters() {
   torch::NoGradGuard g;
   if (weight.defined()) weight.fill_(1.0);

@@ -220,12 +220,25 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   io::LoadOptions lo;
   lo.device = impl->device;
   lo.dtype = impl->dtype;
+  if (impl->device.is_cpu() && impl->dtype == torch::kBFloat16) {
+    // Mixed precision on the CPU: matrix weights (linear, convolution, embedding) in bfloat16 for
+    // the fast 16-bit kernels and half the memory; norms, the residual stream and every other
+    // activation in float32, which keeps the sampled tokens faithful to the float32 reference
+    // (docs/numerics.md).
+    impl->dtype = torch::kFloat32;
+    lo.dtype = torch::kFloat32;
+    lo.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
+      const bool norm = key.find("norm") != std::string::npos;
+      if (p.dim() >= 2 && !norm && key.rfind("mlm_layer", 0) != 0) return torch::kBFloat16;
+      return std::nullopt;
+    };
+  }
   // Weights from the component's files, or (benchmarks) random ones in the requested dtype/device.
   auto fill = [&](torch::nn::Module& module, const std::string& name, const io::LoadOptions& o,
                   const std::function<void()>& init_weights) {
     if (options.random_weights) {
       init_weights();
-      module.to(*o.device, *o.dtype);
+      io::convert_parameters(module, o);
     } else {
       io::load_state_dict(module, repo.component_weights(name), repo.component_dir(name).string(), o);
     }
@@ -253,6 +266,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     impl->vqvae = VQModel(cfg);
     io::LoadOptions vq_lo = lo;
     vq_lo.dtype = torch::kFloat32;  // force_upcast: the VQ-GAN stays in float32
+    vq_lo.dtype_for = nullptr;
     fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_weights(); });
   }
   impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
@@ -261,7 +275,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   auto& s = impl->summary;
   s.path = repo.root().string();
   s.device = impl->device.str();
-  s.dtype = c10::toString(impl->dtype);
+  s.dtype = lo.dtype_for ? "bfloat16 weights, float32 activations" : c10::toString(impl->dtype);
   s.threads = threads;
   s.vq_scale_factor = static_cast<int>(impl->vq_scale_factor);
   s.default_width = s.default_height = static_cast<int>(impl->sample_size * impl->vq_scale_factor);
