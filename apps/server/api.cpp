@@ -57,8 +57,10 @@ std::string fmt(double v) {
 std::optional<ApiError> get_int(const json& v, const std::string& param, int64_t lo, int64_t hi,
                                 int& out) {
   if (!v.is_number_integer()) return wrong_type(param, "an integer", v);
-  if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(hi)
-                             : (v.get<int64_t>() < lo || v.get<int64_t>() > hi))
+  const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
+                                                     static_cast<int64_t>(v.get<uint64_t>()) >= lo
+                                               : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+  if (!in_range)
     return invalid(param, "'" + param + "' must be between " + std::to_string(lo) + " and " +
                               std::to_string(hi) + ", got " + v.dump());
   out = static_cast<int>(v.get<int64_t>());
