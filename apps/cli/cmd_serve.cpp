@@ -22,6 +22,7 @@ struct ServeArgs {
   int max_queue = 8;
   std::string api_key;
   int max_body_mb = 32;
+  int max_side = 0;
   std::string device = "cpu", dtype = "float32", variant;
   int threads = 0;
   bool offline = false;
@@ -63,6 +64,9 @@ int run(const ServeArgs& a) {
   if (a.max_queue < 1 || a.max_queue > 10000)
     throw amused::InvalidArgument("--max-queue must be in [1, 10000], got " +
                                   std::to_string(a.max_queue));
+  if (a.max_side < 0 || a.max_side > 16384)
+    throw amused::InvalidArgument("--max-side must be in [0, 16384], got " +
+                                  std::to_string(a.max_side));
   if (a.max_body_mb < 1 || a.max_body_mb > 1024)
     throw amused::InvalidArgument("--max-body-mb must be in [1, 1024], got " +
                                   std::to_string(a.max_body_mb));
@@ -85,6 +89,7 @@ int run(const ServeArgs& a) {
   so.model = a.model;
   so.dtype = a.dtype;
   so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
+  so.max_side = a.max_side;
   amused::server::Server server(*pipe, so);
   const int port = server.bind();
   const auto& s = pipe->summary();
@@ -130,6 +135,9 @@ amused::cli::Registrar reg(
           ->envname("AMUSED_API_KEY");
       sub.add_option("--max-body-mb", a->max_body_mb, "Largest request body accepted, in MiB")
           ->capture_default_str();
+      sub.add_option(
+          "--max-side", a->max_side,
+          "Largest image width/height a request may ask for (default: twice the model's)");
       sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
       sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");

@@ -88,7 +88,12 @@ struct Server::Impl {
     options.limits.vq_scale_factor = s.vq_scale_factor > 0 ? s.vq_scale_factor : 1;
     options.limits.default_width = s.default_width;
     options.limits.default_height = s.default_height;
-    options.limits.max_side = std::max(options.limits.max_side, 2 * s.default_width);
+    // Attention cost grows with the square of the token count: by default at most twice the
+    // model's side (four times its tokens).
+    const int q = options.limits.vq_scale_factor;
+    const int side =
+        options.max_side > 0 ? options.max_side : 2 * std::max(s.default_width, s.default_height);
+    options.limits.max_side = std::max(q, side / q * q);
     queue = std::make_unique<JobQueue>(
         options.max_queue,
         [this](const Job& job, const JobQueue::Progress& progress) {
@@ -368,23 +373,9 @@ struct Server::Impl {
     http.set_read_timeout(10);
     http.set_write_timeout(30);
 
+    // Rejected before the body is read (it could be unbounded or a decompression bomb).
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       t_request_start = Clock::now();
-      const bool has_body = req.has_header("Transfer-Encoding") ||
-                            req.get_header_value<uint64_t>("Content-Length") > 0;
-      if (!options.api_key.empty() && req.path != "/health") {
-        const std::string auth = req.get_header_value("Authorization");
-        const std::string prefix = "Bearer ";
-        if (auth.compare(0, prefix.size(), prefix) != 0 ||
-            !same_secret(auth.substr(prefix.size()), options.api_key)) {
-          res.set_header("WWW-Authenticate", "Bearer");
-          ApiError e = error_of(
-              401, "invalid_request_error", "invalid_api_key",
-              auth.empty() ? "missing 'Authorization: Bearer <key>' header" : "invalid API key");
-          has_body ? reject_before_body(req, res, e) : send_error(res, e);
-          return httplib::Server::HandlerResponse::Handled;
-        }
-      }
       if (req.has_header("Transfer-Encoding")) {
         reject_before_body(
             req, res,
@@ -399,19 +390,41 @@ struct Server::Impl {
                      "compressed request bodies (Content-Encoding) are not accepted"));
         return httplib::Server::HandlerResponse::Handled;
       }
-      if (req.get_header_value<uint64_t>("Content-Length") > options.max_body_bytes) {
-        reject_before_body(req, res, too_large());
-        return httplib::Server::HandlerResponse::Handled;
-      }
       return httplib::Server::HandlerResponse::Unhandled;
     });
 
+    // Clients that ask first (curl does for bodies over 1 MiB) learn about a bad key or an
+    // oversized body before sending it. Otherwise an oversized body is read and dropped by
+    // httplib (413), and a bad key is answered after the body: answering before it and closing
+    // could reset the connection before the client reads the answer.
+    http.set_expect_100_continue_handler(
+        [this](const httplib::Request& req, httplib::Response& res) {
+          // The body was not sent: closing after the answer leaves nothing unread behind.
+          if (auto e = auth_error(req)) {
+            res.set_header("WWW-Authenticate", "Bearer");
+            reject_before_body(req, res, *e);
+            return 401;
+          }
+          if (req.get_header_value<uint64_t>("Content-Length") > options.max_body_bytes) {
+            reject_before_body(req, res, too_large());
+            return 413;
+          }
+          return 100;
+        });
+
     http.set_error_handler(httplib::Server::HandlerWithResponse(
         [this](const httplib::Request& req, httplib::Response& res) {
-          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          // Handled either way: httplib then adds Content-Length, which it leaves out of
+          // responses written before routing (the Expect: 100-continue refusals).
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Handled;
           ApiError e;
           switch (res.status) {
             case 404:
+              if (auto auth = auth_error(req)) {
+                res.set_header("WWW-Authenticate", "Bearer");
+                e = *auth;
+                break;
+              }
               e = error_of(404, "invalid_request_error", "not_found",
                            "no route for " + req.method + " " + req.path + " (see docs/server.md)");
               break;
@@ -465,22 +478,48 @@ struct Server::Impl {
 
     using Req = httplib::Request;
     using Res = httplib::Response;
+    // Every route but /health needs the API key when one is set.
+    auto guard = [this](std::function<void(const Req&, Res&)> fn) {
+      return [this, fn = std::move(fn)](const Req& req, Res& res) {
+        if (auto e = auth_error(req)) {
+          res.set_header("WWW-Authenticate", "Bearer");
+          return send_error(res, *e);
+        }
+        fn(req, res);
+      };
+    };
     http.Get("/health", [this](const Req&, Res& res) { health(res); });
-    http.Get("/v1/models", [this](const Req&, Res& res) { models(res); });
-    http.Get("/metrics", [this](const Req& req, Res& res) { metrics(req, res); });
-    http.Post("/v1/images/generations",
-              [this](const Req& req, Res& res) { images_sync(req, res, Endpoint::Generations); });
+    http.Get("/v1/models", guard([this](const Req&, Res& res) { models(res); }));
+    http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
+    http.Post("/v1/images/generations", guard([this](const Req& req, Res& res) {
+                images_sync(req, res, Endpoint::Generations);
+              }));
     http.Post("/v1/images/edits",
-              [this](const Req& req, Res& res) { images_sync(req, res, Endpoint::Edits); });
-    http.Post("/v1/jobs", [this](const Req& req, Res& res) { jobs_submit(req, res); });
-    http.Get("/v1/jobs", [this](const Req&, Res& res) { send_json(res, 200, queue->list()); });
+              guard([this](const Req& req, Res& res) { images_sync(req, res, Endpoint::Edits); }));
+    http.Post("/v1/jobs", guard([this](const Req& req, Res& res) { jobs_submit(req, res); }));
+    http.Get("/v1/jobs",
+             guard([this](const Req&, Res& res) { send_json(res, 200, queue->list()); }));
     const std::string id = "/v1/jobs/([A-Za-z0-9_]{1,64})";
-    http.Get(id, [this](const Req& req, Res& res) {
-      if (auto job = find_job(req, res)) send_json(res, 200, queue->describe(job));
-    });
-    http.Get(id + "/result", [this](const Req& req, Res& res) { jobs_result(req, res); });
-    http.Post(id + "/cancel", [this](const Req& req, Res& res) { jobs_cancel(req, res, false); });
-    http.Delete(id, [this](const Req& req, Res& res) { jobs_cancel(req, res, true); });
+    http.Get(id, guard([this](const Req& req, Res& res) {
+               if (auto job = find_job(req, res)) send_json(res, 200, queue->describe(job));
+             }));
+    http.Get(id + "/result", guard([this](const Req& req, Res& res) { jobs_result(req, res); }));
+    http.Post(id + "/cancel",
+              guard([this](const Req& req, Res& res) { jobs_cancel(req, res, false); }));
+    http.Delete(id, guard([this](const Req& req, Res& res) { jobs_cancel(req, res, true); }));
+  }
+
+  // 401 when an API key is set and the request does not carry it (/health is open).
+  std::optional<ApiError> auth_error(const httplib::Request& req) const {
+    if (options.api_key.empty() || req.path == "/health") return std::nullopt;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    if (auth.compare(0, prefix.size(), prefix) == 0 &&
+        same_secret(auth.substr(prefix.size()), options.api_key))
+      return std::nullopt;
+    return error_of(
+        401, "invalid_request_error", "invalid_api_key",
+        auth.empty() ? "missing 'Authorization: Bearer <key>' header" : "invalid API key");
   }
 
   ApiError too_large() const {

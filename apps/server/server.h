@@ -19,6 +19,7 @@ struct ServerOptions {
   std::string model;              // the -m argument (PNG metadata, /v1/models)
   std::string dtype = "float32";  // the load dtype (PNG metadata)
   size_t max_body_bytes = 32u << 20;
+  int max_side = 0;                // largest output width/height; 0: twice the model's default
   size_t keep_finished_jobs = 64;  // finished async jobs kept for polling
   double keep_job_seconds = 3600;
   RequestLimits limits;  // vq_scale_factor and default size are taken from the model
