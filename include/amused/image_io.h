@@ -17,6 +17,10 @@ using TextChunks = std::vector<std::pair<std::string, std::string>>;
 // Throws amused::IoError naming the path (e.g. the folder does not exist).
 void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text = {});
 
+// The bytes of the PNG file save_png would write (same encoder, same chunks), for callers that
+// keep images in memory (the server's b64_json). Throws amused::InvalidArgument for a malformed
+// image buffer.
+std::string encode_png(const Image& image, const TextChunks& text = {});
 
 }  // namespace amused
 
@@ -38,6 +42,11 @@ namespace amused {
 // JPEG goes through libjpeg with its default (PIL's) decoder settings. Throws amused::IoError naming
 // the file when it is missing, truncated or not an image.
 Image load_image(const std::filesystem::path& path);
+
+// The same decoding from bytes in memory (an upload); `name` identifies them in error messages.
+// Throws amused::IoError when the bytes are not a PNG, JPEG or BMP image, are truncated or claim
+// more pixels than the limit.
+Image decode_image(const std::string& bytes, const std::string& name);
 
 // 8-bit grey version of an RGB image with PIL's convert("L") weights (ITU-R 601-2 luma).
 Image to_grey(const Image& image);

@@ -28,9 +28,9 @@ namespace {
 constexpr int64_t kMaxSide = 16384;
 constexpr int64_t kMaxPixels = 100'000'000;
 
-void check_dimensions(int64_t w, int64_t h, const fs::path& path) {
+void check_dimensions(int64_t w, int64_t h, const std::string& name) {
   if (w <= 0 || h <= 0 || w > kMaxSide || h > kMaxSide || w * h > kMaxPixels)
-    throw IoError("image '" + path.string() + "' claims " + std::to_string(w) + "x" + std::to_string(h) +
+    throw IoError("image '" + name + "' claims " + std::to_string(w) + "x" + std::to_string(h) +
                   " pixels; the limit is " + std::to_string(kMaxSide) + " per side and " +
                   std::to_string(kMaxPixels / 1'000'000) + " megapixels");
 }
@@ -64,7 +64,7 @@ void png_on_error(png_structp png, png_const_charp msg) {
 }
 void png_on_warning(png_structp, png_const_charp) {}
 
-Image decode_png(const std::string& data, const fs::path& path) {
+Image decode_png(const std::string& data, const std::string& name) {
   PngReadState st{&data, 0, {}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, png_on_error, png_on_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
@@ -73,12 +73,12 @@ Image decode_png(const std::string& data, const fs::path& path) {
   std::vector<png_bytep> rows;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    throw IoError("cannot decode PNG '" + path.string() + "': " + st.error);
+    throw IoError("cannot decode PNG '" + name + "': " + st.error);
   }
   png_set_read_fn(png, &st, png_read_mem);
   png_read_info(png, info);
   try {
-    check_dimensions(png_get_image_width(png, info), png_get_image_height(png, info), path);
+    check_dimensions(png_get_image_width(png, info), png_get_image_height(png, info), name);
   } catch (...) {
     png_destroy_read_struct(&png, &info, nullptr);
     throw;
@@ -118,7 +118,7 @@ void jpeg_on_error(j_common_ptr cinfo) {
 }
 void jpeg_on_message(j_common_ptr, int) {}
 
-Image decode_jpeg(const std::string& data, const fs::path& path) {
+Image decode_jpeg(const std::string& data, const std::string& name) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -127,13 +127,13 @@ Image decode_jpeg(const std::string& data, const fs::path& path) {
   Image img;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
-    throw IoError("cannot decode JPEG '" + path.string() + "': " + err.message);
+    throw IoError("cannot decode JPEG '" + name + "': " + err.message);
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(data.data()), static_cast<unsigned long>(data.size()));
   jpeg_read_header(&cinfo, TRUE);
   try {
-    check_dimensions(cinfo.image_width, cinfo.image_height, path);
+    check_dimensions(cinfo.image_width, cinfo.image_height, name);
   } catch (...) {
     jpeg_destroy_decompress(&cinfo);
     throw;
@@ -153,17 +153,17 @@ Image decode_jpeg(const std::string& data, const fs::path& path) {
   return img;
 }
 
-Image decode_stb(const std::string& data, const fs::path& path) {
+Image decode_stb(const std::string& data, const std::string& name) {
   int w = 0, h = 0, n = 0;
   if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h,
                              &n))
-    throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
-  check_dimensions(w, h, path);
+    throw IoError("cannot decode image '" + name + "': " + stbi_failure_reason());
+  check_dimensions(w, h, name);
   std::unique_ptr<stbi_uc, void (*)(void*)> px(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h, &n,
                             3),
       stbi_image_free);
-  if (!px) throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
+  if (!px) throw IoError("cannot decode image '" + name + "': " + stbi_failure_reason());
   Image img;
   img.width = w;
   img.height = h;
@@ -213,14 +213,15 @@ void resample_axis(const std::vector<double>& in, std::vector<double>& out, int 
 
 }  // namespace
 
-Image load_image(const fs::path& path) {
-  const std::string data = read_all(path);
-  if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return decode_png(data, path);
+Image decode_image(const std::string& data, const std::string& name) {
+  if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return decode_png(data, name);
   if (data.size() >= 3 && static_cast<unsigned char>(data[0]) == 0xFF && static_cast<unsigned char>(data[1]) == 0xD8)
-    return decode_jpeg(data, path);
-  if (data.size() >= 2 && data[0] == 'B' && data[1] == 'M') return decode_stb(data, path);
-  throw IoError("'" + path.string() + "' is not a PNG, JPEG or BMP image");
+    return decode_jpeg(data, name);
+  if (data.size() >= 2 && data[0] == 'B' && data[1] == 'M') return decode_stb(data, name);
+  throw IoError("'" + name + "' is not a PNG, JPEG or BMP image");
 }
+
+Image load_image(const fs::path& path) { return decode_image(read_all(path), path.string()); }
 
 Image to_grey(const Image& image) {
   if (image.channels == 1) return image;

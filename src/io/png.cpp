@@ -30,12 +30,12 @@ void on_error(png_structp png, png_const_charp msg) {
 }
 void on_warning(png_structp, png_const_charp) {}
 
-}  // namespace
-
-void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text) {
-  if (image.width <= 0 || image.height <= 0 || (image.channels != 3 && image.channels != 1 && image.channels != 4) ||
+// Encodes `image` as an 8-bit PNG with `text` as iTXt chunks; `what` names the target in errors.
+std::string encode_png_named(const Image& image, const TextChunks& text, const std::string& what) {
+  if (image.width <= 0 || image.height <= 0 ||
+      (image.channels != 3 && image.channels != 1 && image.channels != 4) ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * image.channels)
-    throw InvalidArgument("cannot write '" + path.string() + "': image buffer does not match " +
+    throw InvalidArgument("cannot write " + what + ": image buffer does not match " +
                           std::to_string(image.width) + "x" + std::to_string(image.height) + "x" +
                           std::to_string(image.channels));
   std::string bytes;
@@ -48,14 +48,14 @@ void save_png(const std::filesystem::path& path, const Image& image, const TextC
   std::vector<png_text> chunks;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    throw IoError("cannot encode PNG '" + path.string() + "': " + err.message);
+    throw IoError("cannot encode PNG " + what + ": " + err.message);
   }
   png_set_write_fn(png, &bytes, write_to_string, flush_noop);
-  const int color = image.channels == 3 ? PNG_COLOR_TYPE_RGB
+  const int color = image.channels == 3   ? PNG_COLOR_TYPE_RGB
                     : image.channels == 4 ? PNG_COLOR_TYPE_RGB_ALPHA
                                           : PNG_COLOR_TYPE_GRAY;
-  png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, image.width, image.height, 8, color, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   keys.reserve(text.size());
   values.reserve(text.size());
   for (const auto& [k, v] : text) {
@@ -81,7 +81,17 @@ void save_png(const std::filesystem::path& path, const Image& image, const TextC
     png_write_row(png, const_cast<png_bytep>(image.pixels.data() + y * stride));
   png_write_end(png, info);
   png_destroy_write_struct(&png, &info);
-  io::write_file_atomic(path, bytes);
+  return bytes;
+}
+
+}  // namespace
+
+std::string encode_png(const Image& image, const TextChunks& text) {
+  return encode_png_named(image, text, "PNG in memory");
+}
+
+void save_png(const std::filesystem::path& path, const Image& image, const TextChunks& text) {
+  io::write_file_atomic(path, encode_png_named(image, text, "'" + path.string() + "'"));
 }
 
 }  // namespace amused

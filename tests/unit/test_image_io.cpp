@@ -104,3 +104,29 @@ TEST(ImageIo, ResizeAndGrey) {
   px.pixels = {255, 0, 0};
   EXPECT_EQ(amused::to_grey(px).pixels[0], 76);  // PIL: L = 0.299 R + 0.587 G + 0.114 B
 }
+
+TEST(ImageIo, EncodeAndDecodeInMemory) {
+  TempDir tmp;
+  auto im = gradient(9, 4, 3);
+  const amused::TextChunks text = {{"prompt", "in memory"}, {"seed", "7"}};
+  const std::string bytes = amused::encode_png(im, text);
+  amused::save_png(tmp / "b.png", im, text);
+  std::ifstream in(tmp / "b.png", std::ios::binary);
+  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(bytes, file);  // the same encoder and chunks as save_png
+  auto back = amused::decode_image(bytes, "upload");
+  EXPECT_EQ(back.width, 9);
+  EXPECT_EQ(back.height, 4);
+  EXPECT_EQ(back.pixels, im.pixels);
+  EXPECT_THROW(amused::decode_image("not an image", "upload"), amused::IoError);
+  EXPECT_THROW(amused::decode_image(bytes.substr(0, bytes.size() / 2), "upload"), amused::IoError);
+  try {
+    amused::decode_image("", "field 'image'");
+    FAIL();
+  } catch (const amused::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("field 'image'"), std::string::npos) << e.what();
+  }
+  Image bad = im;
+  bad.pixels.pop_back();
+  EXPECT_THROW(amused::encode_png(bad), amused::InvalidArgument);
+}

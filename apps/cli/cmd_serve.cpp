@@ -1,0 +1,149 @@
+// `amused serve`: loads a model once and serves the images API over HTTP (docs/server.md).
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "amused/amused.h"
+#include "amused/pipeline.h"
+#include "command.h"
+#include "server/server.h"
+
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  int max_queue = 8;
+  std::string api_key;
+  int max_body_mb = 32;
+  int max_side = 0;
+  std::string device = "cpu", dtype = "float32", variant;
+  int threads = 0;
+  bool offline = false;
+};
+
+// SIGINT/SIGTERM -> one byte on a pipe, read by a watcher thread (a signal handler may do little
+// more than write(2)). Works whichever thread the signal lands on.
+int g_signal_pipe[2] = {-1, -1};
+volatile std::sig_atomic_t g_signal = 0;
+
+extern "C" void on_signal(int sig) {
+  g_signal = sig;
+  const char byte = 1;
+  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &byte, 1);
+}
+
+void install_signal_handlers() {
+  if (::pipe(g_signal_pipe) != 0) throw amused::IoError("cannot create the signal pipe");
+  ::fcntl(g_signal_pipe[1], F_SETFL, O_NONBLOCK);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  // A client that disconnects mid-response must not kill the server.
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+// True when a signal arrived (waits at most `ms`).
+bool wait_signal(int ms) {
+  pollfd p{g_signal_pipe[0], POLLIN, 0};
+  return ::poll(&p, 1, ms) > 0;
+}
+
+int run(const ServeArgs& a) {
+  if (a.port < 0 || a.port > 65535)
+    throw amused::InvalidArgument("--port must be in [0, 65535], got " + std::to_string(a.port));
+  if (a.max_queue < 1 || a.max_queue > 10000)
+    throw amused::InvalidArgument("--max-queue must be in [1, 10000], got " +
+                                  std::to_string(a.max_queue));
+  if (a.max_side < 0 || a.max_side > 16384)
+    throw amused::InvalidArgument("--max-side must be in [0, 16384], got " +
+                                  std::to_string(a.max_side));
+  if (a.max_body_mb < 1 || a.max_body_mb > 1024)
+    throw amused::InvalidArgument("--max-body-mb must be in [1, 1024], got " +
+                                  std::to_string(a.max_body_mb));
+  install_signal_handlers();
+
+  amused::LoadOptions lo;
+  lo.device = a.device;
+  lo.dtype = a.dtype;
+  lo.threads = a.threads;
+  lo.variant = a.variant;
+  lo.offline = a.offline;
+  auto pipe = amused::Pipeline::load(a.model, lo);
+  if (g_signal) return 0;  // interrupted while loading
+
+  amused::server::ServerOptions so;
+  so.host = a.host;
+  so.port = a.port;
+  so.max_queue = static_cast<size_t>(a.max_queue);
+  so.api_key = a.api_key;
+  so.model = a.model;
+  so.dtype = a.dtype;
+  so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
+  so.max_side = a.max_side;
+  amused::server::Server server(*pipe, so);
+  const int port = server.bind();
+  const auto& s = pipe->summary();
+  std::fprintf(stderr, "amused serve: %s (%s, %s) loaded in %.2f s; listening on http://%s:%d%s\n",
+               a.model.c_str(), s.device.c_str(), s.dtype.c_str(), s.load_seconds, a.host.c_str(),
+               port, a.api_key.empty() ? "" : " (API key required)");
+  std::fflush(stderr);
+
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done) {
+      if (!wait_signal(200)) continue;
+      std::fprintf(stderr, "amused serve: signal %d, shutting down\n", static_cast<int>(g_signal));
+      // Repeated until run() returns: a stop that lands before listening starts is retried.
+      while (!done) {
+        server.stop();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+  });
+  server.run();
+  done = true;
+  watcher.join();
+  server.stop();
+  std::fprintf(stderr, "amused serve: stopped\n");
+  return 0;
+}
+
+amused::cli::Registrar reg(
+    "serve", "Serve the images API over HTTP (see docs/server.md)", [](CLI::App& sub) {
+      auto a = std::make_shared<ServeArgs>();
+      sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256)")
+          ->required();
+      sub.add_option("--host", a->host, "Address to listen on (loopback by default)")
+          ->capture_default_str();
+      sub.add_option("--port", a->port, "Port (0: any free port, printed on stderr)")
+          ->capture_default_str();
+      sub.add_option("--max-queue", a->max_queue,
+                     "Jobs that may wait behind the running one; more are answered 429")
+          ->capture_default_str();
+      sub.add_option("--api-key", a->api_key,
+                     "Require 'Authorization: Bearer KEY' on every endpoint but /health")
+          ->envname("AMUSED_API_KEY");
+      sub.add_option("--max-body-mb", a->max_body_mb, "Largest request body accepted, in MiB")
+          ->capture_default_str();
+      sub.add_option(
+          "--max-side", a->max_side,
+          "Largest image width/height a request may ask for (default: twice the model's)");
+      sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
+      sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+      sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
+      sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
+      sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");
+      return std::function<int()>([a] { return run(*a); });
+    });
+
+}  // namespace

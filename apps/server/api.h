@@ -1,0 +1,118 @@
+// The server's request model: parsing and validation of the images API bodies (JSON and
+// multipart), the OpenAI error shape, and the mapping of a request onto the library's parameters
+// and PNG metadata (the same as `amused generate`). No sockets here: every function is testable
+// (and fuzzable) on plain strings.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "amused/image_io.h"
+#include "amused/pipeline.h"
+
+namespace amused::server {
+
+// An error answered as {"error": {"message", "type", "param", "code"}} with HTTP `status`.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // the offending field, "" for none (null in JSON)
+  std::string code;   // a stable machine-readable code, "" for none (null in JSON)
+
+  nlohmann::json to_json() const;
+};
+
+ApiError invalid(std::string param, std::string message, std::string code = "invalid_value");
+
+// A parse result: the value or the error to answer.
+template <class T>
+using Parsed = std::variant<T, ApiError>;
+
+// What a request may ask for. The model's geometry comes from Pipeline::summary().
+struct RequestLimits {
+  int vq_scale_factor = 8;
+  int default_width = 256;
+  int default_height = 256;
+  int max_side = 1024;        // output width/height
+  int max_input_side = 4096;  // uploaded images
+  int max_n = 8;              // images per request
+  int max_steps = 100;
+  size_t max_prompt_bytes = 4000;
+  size_t max_image_bytes = 16u << 20;  // one decoded upload (before base64)
+};
+
+enum class Endpoint {
+  Generations,  // POST /v1/images/generations: text-to-image only
+  Edits,        // POST /v1/images/edits: an image is required
+  Jobs,         // POST /v1/jobs: either
+};
+
+// One validated request. `mode` is "text-to-image", "image-to-image" or "inpaint" (as the CLI's
+// PNG metadata names them).
+struct ImageRequest {
+  std::string mode = "text-to-image";
+  std::string prompt;
+  std::optional<std::string> negative_prompt;
+  int n = 1;
+  std::optional<int> width, height;  // from `size`; absent = the model's default / the input's
+  int steps = 12;
+  double guidance_scale = 10.0;
+  std::optional<uint64_t> seed;
+  std::vector<double> temperature{2.0, 0.0};  // one value or a (start, end) pair
+  double aesthetic_score = 6.0;
+  std::pair<int, int> crop_coord{0, 0};
+  std::string masking_schedule;    // "" = the model's
+  std::optional<double> strength;  // edits only; default 0.5 (img2img) or 1.0 (inpaint)
+  Image image, mask;
+  std::string image_name, mask_name;  // upload file names (PNG metadata), "image"/"mask" if none
+};
+
+// A multipart/form-data part, independent of the HTTP library.
+struct FormField {
+  std::string name;
+  std::string content;
+  std::string filename;
+  std::string content_type;
+};
+
+// A JSON body: the OpenAI fields (prompt, n, size, response_format, model and user accepted and
+// ignored) plus aMUSEd's (negative_prompt, steps, guidance_scale, seed, temperature,
+// aesthetic_score, crop_coord, masking_schedule; for edits image, mask as base64 or data: URLs and
+// strength). Unknown fields are refused.
+Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoint,
+                                        const RequestLimits& limits);
+// POST /v1/images/generations.
+inline Parsed<ImageRequest> parse_generation_request(const std::string& body,
+                                                     const RequestLimits& limits) {
+  return parse_json_request(body, Endpoint::Generations, limits);
+}
+// A multipart body (OpenAI's edits): `image` and `mask` as files, every other field as text.
+Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& fields,
+                                             Endpoint endpoint, const RequestLimits& limits);
+
+// The library parameters of a request (progress and seed set by the caller as needed).
+struct GenerationCall {
+  TextToImageParams t2i;
+  InpaintParams edit;  // image-to-image or inpainting
+};
+GenerationCall to_params(const ImageRequest& request);
+
+// The PNG text chunks of image `index` of a result, key for key as `amused generate` writes them.
+// `model` is the -m argument, `default_masking_schedule` the model's, `dtype` the load dtype.
+TextChunks png_metadata(const ImageRequest& request, const GenerationResult& result, size_t index,
+                        const std::string& model, const std::string& default_masking_schedule,
+                        const std::string& dtype);
+
+// "W" and "H" of "WxH" when both are decimal integers, else nullopt.
+std::optional<std::pair<int, int>> parse_size(const std::string& size);
+
+// True when `s` is well-formed UTF-8.
+bool is_valid_utf8(const std::string& s);
+
+}  // namespace amused::server

@@ -1,0 +1,50 @@
+// `amused serve`: an HTTP service with an OpenAI-compatible images API over one loaded Pipeline.
+// Endpoints, limits and error codes are documented in docs/server.md.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "amused/pipeline.h"
+#include "server/api.h"
+
+namespace amused::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;                // 0: any free port (Server::bind returns it)
+  size_t max_queue = 8;           // jobs waiting behind the running one; more: 429
+  std::string api_key;            // non-empty: every endpoint but /health needs "Bearer KEY"
+  std::string model;              // the -m argument (PNG metadata, /v1/models)
+  std::string dtype = "float32";  // the load dtype (PNG metadata)
+  size_t max_body_bytes = 32u << 20;
+  int max_side = 0;                // largest output width/height; 0: twice the model's default
+  size_t keep_finished_jobs = 64;  // finished async jobs kept for polling
+  double keep_job_seconds = 3600;
+  RequestLimits limits;  // vq_scale_factor and default size are taken from the model
+};
+
+class Server {
+ public:
+  // The pipeline must outlive the server; only the server's worker thread uses it.
+  Server(Pipeline& pipeline, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds the listening socket; returns the port. Throws amused::IoError when it cannot.
+  int bind();
+  // Serves until stop(); returns after in-flight requests have been answered.
+  void run();
+  // Stops: refuses new work, cancels queued and running jobs (a running one at its next step),
+  // closes the listening socket. Thread-safe; call again until run() has returned (a stop that
+  // lands just before run() starts listening is repeated safely).
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace amused::server

@@ -1,0 +1,545 @@
+// End to end: starts the built `amused serve` with the golden tiny model on a free loopback port
+// and talks HTTP to it: every endpoint, errors, API key, jobs (progress, cancel), a full queue,
+// a disconnecting client, a burst of concurrent clients, graceful shutdown, and images equal to
+// the CLI's for the same seed and parameters.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "amused/image_io.h"
+#include "server/base64.h"
+#include "server/http.h"
+#include "support/golden.h"
+
+extern char** environ;
+
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using amused::testing::TempDir;
+using namespace std::chrono_literals;
+
+std::string tiny_model() { return amused::testing::golden_path("models/tiny-a").string(); }
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// `amused serve` as a child process on port 0 (the kernel picks a free one; the server prints
+// it). Killed (SIGTERM, then SIGKILL) when it goes out of scope.
+class ServeProcess {
+ public:
+  explicit ServeProcess(std::vector<std::string> extra = {}) {
+    log_ = tmp_ / "serve.log";
+    std::vector<std::string> args = {AMUSED_CLI_PATH, "serve", "-m",        tiny_model(),
+                                     "--port",        "0",     "--threads", "1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error("cannot start " + std::string(AMUSED_CLI_PATH));
+    try {
+      wait_until_ready();
+    } catch (...) {
+      stop();  // no stray server when the start fails
+      throw;
+    }
+  }
+  ~ServeProcess() { stop(); }
+
+  void wait_until_ready() {
+    const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    for (int i = 0; i < 600 && port_ == 0; ++i) {
+      std::smatch m;
+      const std::string log = slurp(log_);
+      if (std::regex_search(log, m, listening)) {
+        port_ = std::stoi(m[1]);
+        break;
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("amused serve exited early:\n" + log);
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    if (port_ == 0) throw std::runtime_error("amused serve did not start:\n" + slurp(log_));
+    auto c = client();
+    for (int i = 0; i < 100; ++i) {
+      if (auto r = c->Get("/health"); r && r->status == 200) return;
+      std::this_thread::sleep_for(50ms);
+    }
+    throw std::runtime_error("/health never answered 200:\n" + slurp(log_));
+  }
+
+  std::unique_ptr<httplib::Client> client(std::chrono::milliseconds read_timeout = 60s) const {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    c->set_read_timeout(std::chrono::duration_cast<std::chrono::seconds>(read_timeout).count(),
+                        (read_timeout.count() % 1000) * 1000);
+    c->set_connection_timeout(5);
+    return c;
+  }
+  int port() const { return port_; }
+  std::string log() const { return slurp(log_); }
+
+  // SIGTERM, then the exit code (-1 if it had to be killed or did not exit normally).
+  int stop(std::chrono::seconds timeout = 10s) {
+    if (pid_ <= 0) return exit_code_;
+    kill(pid_, SIGTERM);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return exit_code_ = -1;
+  }
+
+ private:
+  TempDir tmp_;
+  fs::path log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int exit_code_ = -1;
+};
+
+json body_of(const httplib::Result& r) {
+  if (!r) return json();
+  return json::parse(r->body, nullptr, false);
+}
+
+// Every 4xx/5xx has the OpenAI error shape.
+void expect_error(const httplib::Result& r, int status, const std::string& code,
+                  const std::string& what) {
+  ASSERT_TRUE(r) << what << ": no response (" << httplib::to_string(r.error()) << ")";
+  EXPECT_EQ(r->status, status) << what << ": " << r->body;
+  const json j = body_of(r);
+  ASSERT_TRUE(j.is_object() && j.contains("error")) << what << ": " << r->body;
+  const json& e = j["error"];
+  EXPECT_TRUE(e["message"].is_string() && !e["message"].get<std::string>().empty()) << what;
+  EXPECT_TRUE(e["type"].is_string()) << what;
+  EXPECT_TRUE(e.contains("param")) << what;
+  EXPECT_TRUE(e.contains("code")) << what;
+  if (!code.empty()) {
+    EXPECT_EQ(e["code"], code) << what << ": " << r->body;
+  }
+  EXPECT_EQ(r->get_header_value("Content-Type"), "application/json") << what;
+}
+
+std::string post_json(const json& j) { return j.dump(); }
+
+// The PNG bytes of data[i].b64_json.
+std::string png_bytes(const json& response, size_t i) {
+  auto bytes = amused::server::base64_decode(response["data"][i]["b64_json"].get<std::string>());
+  if (!bytes) throw std::runtime_error("b64_json is not valid base64");
+  return *bytes;
+}
+
+// The server's PNG equals the CLI's: pixels, then text chunks, then every byte.
+void expect_same_png(const std::string& server_png, const fs::path& cli_png, const TempDir& tmp,
+                     const std::string& what) {
+  const std::string cli = slurp(cli_png);
+  ASSERT_FALSE(cli.empty()) << what << ": the CLI wrote no " << cli_png;
+  const amused::Image a = amused::decode_image(server_png, "server");
+  const amused::Image b = amused::decode_image(cli, "cli");
+  EXPECT_EQ(a.width, b.width) << what;
+  EXPECT_EQ(a.height, b.height) << what;
+  EXPECT_TRUE(a.pixels == b.pixels) << what << ": pixels differ";
+  const fs::path copy = tmp / "server-copy.png";
+  std::ofstream(copy, std::ios::binary) << server_png;
+  EXPECT_EQ(amused::read_png_text(copy), amused::read_png_text(cli_png)) << what;
+  EXPECT_TRUE(server_png == cli) << what << ": PNG bytes differ";
+}
+
+amused::Image half_white_mask(int w, int h) {
+  amused::Image m;
+  m.width = w;
+  m.height = h;
+  m.channels = 3;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int c = 0; c < 3; ++c) m.pixels.push_back(x < w / 2 ? 255 : 0);
+  return m;
+}
+
+// Polls GET /v1/jobs/{id} until `pred` holds (or ~20 s).
+json poll_job(httplib::Client& c, const std::string& id,
+              const std::function<bool(const json&)>& pred) {
+  json j;
+  for (int i = 0; i < 2000; ++i) {
+    j = body_of(c.Get(("/v1/jobs/" + id).c_str()));
+    if (pred(j)) return j;
+    std::this_thread::sleep_for(10ms);
+  }
+  return j;
+}
+
+}  // namespace
+
+TEST(ServerE2E, EndpointsAndCliParity) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server;
+  auto c = server.client();
+  TempDir tmp;
+
+  auto health = c->Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(body_of(health)["status"], "ok");
+
+  const json models = body_of(c->Get("/v1/models"));
+  ASSERT_EQ(models["object"], "list");
+  ASSERT_EQ(models["data"].size(), 1u);
+  EXPECT_EQ(models["data"][0]["id"], tiny_model());
+  EXPECT_EQ(models["data"][0]["object"], "model");
+
+  // Text-to-image: the same seed and parameters as the CLI give the same PNG.
+  auto r = c->Post("/v1/images/generations",
+                   post_json({{"prompt", "a red fox"},
+                              {"seed", 7},
+                              {"steps", 4},
+                              {"n", 2},
+                              {"response_format", "b64_json"}}),
+                   "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json gen = body_of(r);
+  ASSERT_EQ(gen["data"].size(), 2u);
+  EXPECT_EQ(gen["seed"], 7);
+  EXPECT_TRUE(gen["created"].is_number_integer());
+  auto cli = amused::testing::run_cli("generate -m '" + tiny_model() +
+                                      "' -p 'a red fox' --seed 7 --steps 4 --num-images 2 "
+                                      "--threads 1 -q -o '" +
+                                      (tmp / "t2i.png").string() + "'");
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  expect_same_png(png_bytes(gen, 0), tmp / "t2i-0.png", tmp, "text-to-image #0");
+  expect_same_png(png_bytes(gen, 1), tmp / "t2i-1.png", tmp, "text-to-image #1");
+
+  // Image-to-image and inpainting through multipart edits (file names = the CLI's paths, so the
+  // PNG metadata matches too).
+  const fs::path init = tmp / "t2i-0.png";
+  const std::string init_bytes = slurp(init);
+  const amused::Image init_image = amused::load_image(init);
+  const fs::path mask = tmp / "mask.png";
+  amused::save_png(mask, half_white_mask(init_image.width, init_image.height));
+  httplib::MultipartFormDataItems i2i = {{"image", init_bytes, init.string(), "image/png"},
+                                         {"prompt", "a blue fox", "", ""},
+                                         {"seed", "9", "", ""},
+                                         {"steps", "4", "", ""},
+                                         {"strength", "0.6", "", ""}};
+  r = c->Post("/v1/images/edits", i2i);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(body_of(r)["mode"], "image-to-image");
+  cli = amused::testing::run_cli("generate -m '" + tiny_model() +
+                                 "' -p 'a blue fox' --seed 9 --steps 4 --strength 0.6 "
+                                 "--threads 1 -q --init-image '" +
+                                 init.string() + "' -o '" + (tmp / "i2i.png").string() + "'");
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  expect_same_png(png_bytes(body_of(r), 0), tmp / "i2i.png", tmp, "image-to-image");
+
+  httplib::MultipartFormDataItems inpaint = {{"image", init_bytes, init.string(), "image/png"},
+                                             {"mask", slurp(mask), mask.string(), "image/png"},
+                                             {"prompt", "a green fox", "", ""},
+                                             {"seed", "11", "", ""},
+                                             {"steps", "3", "", ""}};
+  r = c->Post("/v1/images/edits", inpaint);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(body_of(r)["mode"], "inpaint");
+  cli = amused::testing::run_cli("generate -m '" + tiny_model() +
+                                 "' -p 'a green fox' --seed 11 --steps 3 --threads 1 -q "
+                                 "--init-image '" +
+                                 init.string() + "' --mask '" + mask.string() + "' -o '" +
+                                 (tmp / "inpaint.png").string() + "'");
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  expect_same_png(png_bytes(body_of(r), 0), tmp / "inpaint.png", tmp, "inpaint");
+
+  // The async job API end to end: submit, poll to success, fetch the result, list, delete.
+  r = c->Post("/v1/jobs", post_json({{"prompt", "a red fox"}, {"seed", 7}, {"steps", 4}, {"n", 2}}),
+              "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 202) << r->body;
+  const std::string id = body_of(r)["id"];
+  EXPECT_EQ(r->get_header_value("Location"), "/v1/jobs/" + id);
+  const json done = poll_job(*c, id, [](const json& j) { return j["status"] == "succeeded"; });
+  ASSERT_EQ(done["status"], "succeeded") << done.dump();
+  EXPECT_EQ(done["progress"]["step"], 4);
+  EXPECT_EQ(done["progress"]["num_steps"], 4);
+  r = c->Get(("/v1/jobs/" + id + "/result").c_str());
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_TRUE(png_bytes(body_of(r), 1) == png_bytes(gen, 1));  // same as the synchronous call
+  const json list = body_of(c->Get("/v1/jobs"));
+  ASSERT_EQ(list["data"].size(), 1u);
+  EXPECT_EQ(list["data"][0]["id"], id);
+  r = c->Delete(("/v1/jobs/" + id).c_str());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(body_of(r)["deleted"], true);
+  expect_error(c->Get(("/v1/jobs/" + id).c_str()), 404, "job_not_found", "deleted job");
+
+  // Metrics: Prometheus text and JSON.
+  r = c->Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("amused_queue_length 0"), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("amused_requests_total{code=\"200\"}"), std::string::npos);
+  EXPECT_NE(r->body.find("amused_step_seconds_count"), std::string::npos);
+  const json m = body_of(c->Get("/metrics?format=json"));
+  EXPECT_EQ(m["jobs"]["succeeded"], 4);
+  EXPECT_EQ(m["steps"]["count"], 4 + 2 + 3 + 4);  // i2i at strength 0.6 runs int(4 * 0.6) steps
+  EXPECT_EQ(m["queue"]["length"], 0);
+
+  EXPECT_EQ(server.stop(), 0) << server.log();
+  // One log line per request.
+  EXPECT_NE(server.log().find("\"POST /v1/images/generations\" 200"), std::string::npos);
+}
+
+TEST(ServerE2E, ErrorsAreJsonAndNeverFatal) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--max-body-mb", "1"});
+  auto c = server.client();
+  const std::string png = amused::encode_png(half_white_mask(16, 16));
+  struct Case {
+    std::string body;
+    int status;
+    std::string code;
+  };
+  const std::vector<Case> json_cases = {
+      {"{not json", 400, "invalid_json"},
+      {"[]", 400, "invalid_json"},
+      {R"({"n": 1})", 400, "missing_parameter"},
+      {R"({"prompt": 3})", 400, "invalid_type"},
+      {R"({"prompt": "x", "size": "17x16"})", 400, "invalid_size"},
+      {R"({"prompt": "x", "size": "4096x4096"})", 400, "invalid_size"},
+      {R"({"prompt": "x", "n": 9})", 400, "invalid_value"},
+      {R"({"prompt": "x", "steps": 101})", 400, "invalid_value"},
+      {R"({"prompt": "x", "steps": 0})", 400, "invalid_value"},
+      {R"({"prompt": "x", "response_format": "url"})", 400, "unsupported_response_format"},
+      {R"({"prompt": "x", "seed": -5})", 400, "invalid_value"},
+      {R"({"prompt": "x", "bogus": 1})", 400, "unknown_parameter"},
+  };
+  for (const auto& k : json_cases) {
+    expect_error(c->Post("/v1/images/generations", k.body, "application/json"), k.status, k.code,
+                 k.body);
+    expect_error(c->Post("/v1/jobs", k.body, "application/json"), k.status, k.code, k.body);
+  }
+  // Edits: bad base64, undecodable images, a mask that does not fit, a missing image.
+  expect_error(c->Post("/v1/images/edits", post_json({{"prompt", "x"}, {"image", "@@@"}}),
+                       "application/json"),
+               400, "invalid_base64", "bad base64");
+  expect_error(c->Post("/v1/images/edits",
+                       httplib::MultipartFormDataItems{{"image", "GIF89a", "a.gif", "image/gif"},
+                                                       {"prompt", "x", "", ""}}),
+               400, "invalid_image", "undecodable image");
+  expect_error(
+      c->Post("/v1/images/edits",
+              httplib::MultipartFormDataItems{
+                  {"image", png, "a.png", "image/png"},
+                  {"mask", amused::encode_png(half_white_mask(16, 8)), "m.png", "image/png"},
+                  {"prompt", "x", "", ""}}),
+      400, "mask_mismatch", "mask/image mismatch");
+  expect_error(
+      c->Post("/v1/images/edits", httplib::MultipartFormDataItems{{"prompt", "x", "", ""}}), 400,
+      "missing_parameter", "no image");
+  expect_error(c->Post("/v1/images/edits", "--nope--", "multipart/form-data; boundary=zzz"), 400,
+               "", "malformed multipart");
+  // A body over --max-body-mb.
+  expect_error(c->Post("/v1/images/generations", std::string(2u << 20, 'a'), "application/json"),
+               413, "payload_too_large", "oversized body");
+  // Unknown routes and jobs.
+  expect_error(c->Get("/v1/nothing"), 404, "not_found", "unknown route");
+  expect_error(c->Get("/v1/jobs/job_0000000000000000"), 404, "job_not_found", "unknown job");
+  expect_error(c->Get("/v1/jobs/job_0000000000000000/result"), 404, "job_not_found",
+               "unknown job result");
+  expect_error(c->Delete("/v1/jobs/job_0000000000000000"), 404, "job_not_found",
+               "unknown job delete");
+  // Still healthy.
+  auto h = c->Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServerE2E, ApiKey) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--api-key", "s3cret"});
+  auto c = server.client();
+  auto h = c->Get("/health");  // open, for load balancers
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  auto r = c->Get("/v1/models");
+  expect_error(r, 401, "invalid_api_key", "no key");
+  EXPECT_EQ(r->get_header_value("WWW-Authenticate"), "Bearer");
+  expect_error(c->Get("/v1/models", {{"Authorization", "Bearer wrong"}}), 401, "invalid_api_key",
+               "wrong key");
+  expect_error(c->Get("/v1/models", {{"Authorization", "s3cret"}}), 401, "invalid_api_key",
+               "no Bearer");
+  expect_error(
+      c->Post("/v1/images/generations", R"({"prompt": "x", "steps": 1})", "application/json"), 401,
+      "invalid_api_key", "generation without key");
+  expect_error(c->Get("/metrics"), 401, "invalid_api_key", "metrics without key");
+  c->set_bearer_token_auth("s3cret");
+  r = c->Get("/v1/models");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = c->Post("/v1/images/generations", R"({"prompt": "x", "steps": 1})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
+TEST(ServerE2E, CancelAndFullQueue) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--max-queue", "1"});
+  auto c = server.client();
+  // A slow job: many steps, eight 32x32 images with guidance (a batch of 16 per step).
+  const json slow = {{"prompt", "slow"}, {"steps", 100}, {"n", 8}, {"size", "32x32"}};
+  auto r = c->Post("/v1/jobs", slow.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 202) << r->body;
+  const std::string a = body_of(r)["id"];
+  const json running = poll_job(*c, a, [](const json& j) {
+    return j["status"] != "queued" && j["progress"]["step"].get<int>() >= 1;
+  });
+  ASSERT_EQ(running["status"], "running") << "the slow job finished too early: " << running;
+  EXPECT_EQ(running["progress"]["num_steps"], 100);
+
+  // One job may wait; the next is refused with Retry-After (async and sync alike).
+  r = c->Post("/v1/jobs", json({{"prompt", "waits"}, {"steps", 2}}).dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 202) << r->body;
+  const std::string b = body_of(r)["id"];
+  EXPECT_EQ(body_of(r)["queue_position"], 0);
+  r = c->Post("/v1/jobs", json({{"prompt", "refused"}}).dump(), "application/json");
+  expect_error(r, 429, "queue_full", "full queue (jobs)");
+  ASSERT_TRUE(r);
+  EXPECT_GE(std::atoi(r->get_header_value("Retry-After").c_str()), 1);
+  r = c->Post("/v1/images/generations", json({{"prompt", "refused"}}).dump(), "application/json");
+  expect_error(r, 429, "queue_full", "full queue (sync)");
+  EXPECT_TRUE(r && r->has_header("Retry-After"));
+  expect_error(c->Get(("/v1/jobs/" + a + "/result").c_str()), 409, "job_not_finished",
+               "result of a running job");
+
+  // Cancel the queued job (at once), then the running one (at its next step).
+  r = c->Post(("/v1/jobs/" + b + "/cancel").c_str());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(body_of(r)["status"], "cancelled");
+  r = c->Delete(("/v1/jobs/" + a).c_str());
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->status == 202 || r->status == 200) << r->body;
+  const json cancelled = poll_job(*c, a, [](const json& j) { return j["status"] == "cancelled"; });
+  ASSERT_EQ(cancelled["status"], "cancelled") << cancelled;
+  EXPECT_LT(cancelled["progress"]["step"].get<int>(), 100);
+  expect_error(c->Get(("/v1/jobs/" + a + "/result").c_str()), 409, "job_cancelled",
+               "result of a cancelled job");
+  expect_error(c->Post(("/v1/jobs/" + a + "/cancel").c_str()), 409, "job_finished", "cancel twice");
+
+  // A synchronous client that gives up: its job is cancelled, not left running.
+  auto impatient = server.client(300ms);
+  auto gone = impatient->Post("/v1/images/generations", slow.dump(), "application/json");
+  EXPECT_FALSE(gone);  // read timeout
+  json m;
+  for (int i = 0; i < 500; ++i) {
+    m = body_of(c->Get("/metrics?format=json"));
+    if (m["jobs"]["cancelled"] == 3 && m["queue"]["running"] == false) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(m["jobs"]["cancelled"], 3) << m;
+  EXPECT_EQ(m["queue"]["running"], false) << m;
+  EXPECT_EQ(m["jobs"]["succeeded"], 0) << m;
+
+  // Graceful shutdown with a job running: exit code 0.
+  r = c->Post("/v1/jobs", slow.dump(), "application/json");
+  ASSERT_TRUE(r);
+  const std::string d = body_of(r)["id"];
+  poll_job(*c, d, [](const json& j) { return j["status"] != "queued"; });
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServerE2E, BurstOfConcurrentClients) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--max-queue", "16"});
+  constexpr int kClients = 8, kRequests = 10;
+  std::atomic<int> ok{0};
+  std::vector<std::string> failures;
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      auto c = server.client();
+      for (int i = 0; i < kRequests; ++i) {
+        const int seed = t * 100 + i;
+        // Alternate the synchronous endpoint and the job API.
+        httplib::Result r =
+            i % 2 == 0 ? c->Post("/v1/images/generations",
+                                 json({{"prompt", "burst"}, {"seed", seed}, {"steps", 2}}).dump(),
+                                 "application/json")
+                       : c->Post("/v1/jobs",
+                                 json({{"prompt", "burst"}, {"seed", seed}, {"steps", 2}}).dump(),
+                                 "application/json");
+        std::string problem;
+        if (!r) {
+          problem = "no response";
+        } else if (i % 2 == 0) {
+          const json j = body_of(r);
+          if (r->status != 200 || j["data"].size() != 1 || j["seed"] != seed ||
+              amused::decode_image(png_bytes(j, 0), "burst").width <= 0)
+            problem = "generation " + std::to_string(r->status) + " " + r->body.substr(0, 200);
+        } else if (r->status != 202) {
+          problem = "job " + std::to_string(r->status) + " " + r->body.substr(0, 200);
+        } else {
+          const std::string id = body_of(r)["id"];
+          const json j = poll_job(*c, id, [](const json& s) {
+            return s["status"] == "succeeded" || s["status"] == "failed";
+          });
+          auto res = c->Get(("/v1/jobs/" + id + "/result").c_str());
+          if (j["status"] != "succeeded" || !res || res->status != 200 ||
+              body_of(res)["seed"] != seed)
+            problem = "job result " + j.dump();
+        }
+        if (problem.empty()) {
+          ++ok;
+        } else {
+          std::lock_guard<std::mutex> lock(mu);
+          failures.push_back(problem);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, kClients * kRequests);
+  for (const auto& f : failures) ADD_FAILURE() << f;
+  auto c = server.client();
+  auto h = c->Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  const json m = body_of(c->Get("/metrics?format=json"));
+  EXPECT_EQ(m["jobs"]["succeeded"], kClients * kRequests);
+  EXPECT_EQ(m["queue"]["length"], 0);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
