@@ -5,6 +5,7 @@
 
 #include "core/config.h"
 #include "core/threads.h"
+#include "io/state_dict.h"
 #include "models/flops.h"
 #include "models/uvit_2d.h"
 
@@ -16,8 +17,19 @@ int main(int argc, char** argv) {
   auto cfg = amused::models::UVit2DConfig::from_json(amused::read_json_file(cfg_path), cfg_path);
   amused::models::UVit2DModel m(cfg);
   m->init_weights();
+  // "bfloat16": everything 16-bit; "mixed": 16-bit matrix weights, float32 activations (the
+  // pipeline's CPU bfloat16 mode).
   const auto dt = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
   m->to(dt);
+  if (dtype == "mixed") {
+    amused::io::LoadOptions o;
+    o.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
+      if (p.dim() >= 2 && key.find("norm") == std::string::npos && key.rfind("mlm_layer", 0) != 0)
+        return torch::kBFloat16;
+      return std::nullopt;
+    };
+    amused::io::convert_parameters(*m, o);
+  }
   m->eval();
   torch::NoGradGuard g;
   const int64_t B = 2, s = cfg.sample_size;

@@ -42,8 +42,18 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   value = value.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
 
   // [B, heads, N, M]; softmax in the tensors' own dtype: the reference processor does not upcast.
-  auto attention_probs = (torch::matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
-  auto out = torch::matmul(attention_probs, value);
+  torch::Tensor out;
+  const auto wdtype = to_q->weight.scalar_type();
+  if (wdtype != query.scalar_type() && !torch::GradMode::is_enabled()) {
+    // Mixed precision (16-bit weights, float32 activations): the two attention products run on the
+    // 16-bit kernels like the projections; the softmax stays in float32.
+    auto scores = torch::matmul(query.to(wdtype), key.to(wdtype).transpose(-1, -2)).to(query.scalar_type());
+    auto attention_probs = (scores * scale).softmax(-1);
+    out = torch::matmul(attention_probs.to(wdtype), value.to(wdtype)).to(query.scalar_type());
+  } else {
+    auto attention_probs = (torch::matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
+    out = torch::matmul(attention_probs, value);
+  }
   // [B, heads, N, dim_head] -> [B, N, heads * dim_head]
   out = out.transpose(1, 2).reshape({batch_size, -1, heads * dim_head});
 
