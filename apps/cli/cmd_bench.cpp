@@ -16,7 +16,7 @@
 namespace {
 
 struct BenchArgs {
-  std::string model, dtype = "float32", device = "cpu", variant, tokenizer;
+  std::string model, dtype = "auto", device = "cpu", variant, tokenizer;
   int threads = 0, steps = 12, batch = 1, warmup_steps = 2;
   double guidance = 10.0;
   bool json = false, random_weights = false, offline = false, skip_ceilings = false;
@@ -143,7 +143,7 @@ amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, p
   auto a = std::make_shared<BenchArgs>();
   sub.add_option("-m,--model", a->model, "Model folder, hub repo id, or (with --random-weights) a config folder")
       ->required();
-  sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
   sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
   sub.add_option("--steps", a->steps, "Denoising steps")->capture_default_str();

@@ -28,7 +28,7 @@ struct GenerateArgs {
   std::string crop = "0,0";
   std::string temperature = "2,0";
   std::string masking_schedule;
-  std::string device = "cpu", dtype = "float32", variant;
+  std::string device = "cpu", dtype = "auto", variant;
   int threads = 0;
   bool offline = false;
   std::string output = "output.png";
@@ -170,7 +170,7 @@ int run(const GenerateArgs& a) {
         {"crop_coord", a.crop},
         {"temperature", temp_s.str()},
         {"masking_schedule", a.masking_schedule.empty() ? pipe->summary().masking_schedule : a.masking_schedule},
-        {"dtype", a.dtype},
+        {"dtype", pipe->summary().dtype},
         {"mode", mode},
         {"image_index", std::to_string(i)},
         {"software", std::string("amused.cpp ") + amused::version()},
@@ -234,7 +234,7 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
   sub.add_option("--masking-schedule", a->masking_schedule, "cosine | linear (default: the model's)")
       ->check(CLI::IsMember({"cosine", "linear"}));
   sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
-  sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
   sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
   sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
   sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");

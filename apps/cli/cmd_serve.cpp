@@ -23,7 +23,7 @@ struct ServeArgs {
   std::string api_key;
   int max_body_mb = 32;
   int max_side = 0;
-  std::string device = "cpu", dtype = "float32", variant;
+  std::string device = "cpu", dtype = "auto", variant;
   int threads = 0;
   bool offline = false;
 };
@@ -139,7 +139,7 @@ amused::cli::Registrar reg(
           "--max-side", a->max_side,
           "Largest image width/height a request may ask for (default: twice the model's)");
       sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
-      sub.add_option("--dtype", a->dtype, "float32 | bfloat16 | float16")->capture_default_str();
+      sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
       sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
       sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");

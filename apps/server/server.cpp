@@ -127,7 +127,7 @@ struct Server::Impl {
     for (size_t i = 0; i < result.images.size(); ++i) {
       const std::string png = encode_png(
           result.images[i],
-          png_metadata(r, result, i, options.model, summary.masking_schedule, options.dtype));
+          png_metadata(r, result, i, options.model, summary.masking_schedule, summary.dtype));
       data.push_back({{"b64_json", base64_encode(png)}, {"seed", result.seed}, {"index", i}});
     }
     const Timings& t = result.timings;

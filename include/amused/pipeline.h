@@ -27,7 +27,11 @@ namespace amused {
 
 struct LoadOptions {
   std::string device = "cpu";      // "cpu", "cuda", "cuda:1"
-  std::string dtype = "float32";   // float32 | bfloat16 | float16 (the VQ-GAN always runs in float32)
+  // auto | float32 | bfloat16 | float16. auto: bfloat16 on CPUs with native bfloat16 instructions
+  // (AVX512-BF16 / AMX), else float32; float16 on CUDA. On the CPU, bfloat16 means mixed precision:
+  // 16-bit matrix weights and products, float32 activations and norms. The VQ-GAN always runs in
+  // float32. float32 on the CPU reproduces the reference exactly.
+  std::string dtype = "auto";
   int threads = 0;                 // <= 0: all physical cores
   std::string variant;             // "" or "fp16": which weight files to read
   bool offline = false;            // never use the network (also HF_HUB_OFFLINE=1)
@@ -134,7 +138,8 @@ struct GenerationResult {
 
 struct ModelSummary {
   std::string path;            // resolved folder
-  std::string device, dtype;
+  std::string device;
+  std::string dtype;           // resolved: float32 | bfloat16 | float16
   int threads = 0;
   int default_width = 0, default_height = 0;
   int vq_scale_factor = 0;

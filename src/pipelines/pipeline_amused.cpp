@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <random>
 
@@ -26,12 +27,41 @@ std::string lower(std::string s) {
 
 }  // namespace
 
+std::string dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return "float32";
+  }
+}
+
+bool cpu_has_native_bf16() {
+  static const bool has = [] {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("flags", 0) == 0)
+        return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+    }
+    return false;
+  }();
+  return has;
+}
+
+torch::ScalarType resolve_dtype(const std::string& name, const torch::Device& device) {
+  if (lower(name) == "auto") {
+    if (device.is_cuda()) return torch::kFloat16;
+    return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32;
+  }
+  return parse_dtype(name);
+}
+
 torch::ScalarType parse_dtype(const std::string& name) {
   const std::string n = lower(name);
   if (n == "float32" || n == "fp32" || n == "float") return torch::kFloat32;
   if (n == "bfloat16" || n == "bf16") return torch::kBFloat16;
   if (n == "float16" || n == "fp16" || n == "half") return torch::kFloat16;
-  throw InvalidArgument("unknown dtype '" + name + "' (expected float32, bfloat16 or float16)");
+  throw InvalidArgument("unknown dtype '" + name + "' (expected auto, float32, bfloat16 or float16)");
 }
 
 torch::Device parse_device(const std::string& name) {
@@ -199,7 +229,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   const auto t0 = Clock::now();
   auto impl = std::make_unique<Impl>();
   impl->device = parse_device(options.device);
-  impl->dtype = parse_dtype(options.dtype);
+  impl->dtype = resolve_dtype(options.dtype, impl->device);
   if (impl->device.is_cpu() && impl->dtype == torch::kFloat16)
     throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
                       "use bfloat16 (or float32) on the CPU");
@@ -275,7 +305,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   auto& s = impl->summary;
   s.path = repo.root().string();
   s.device = impl->device.str();
-  s.dtype = lo.dtype_for ? "bfloat16 weights, float32 activations" : c10::toString(impl->dtype);
+  s.dtype = lo.dtype_for ? "bfloat16" : dtype_name(impl->dtype);
   s.threads = threads;
   s.vq_scale_factor = static_cast<int>(impl->vq_scale_factor);
   s.default_width = s.default_height = static_cast<int>(impl->sample_size * impl->vq_scale_factor);

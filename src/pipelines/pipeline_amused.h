@@ -129,6 +129,10 @@ inline int64_t batch_size(const GenerationParams& p) {
   return static_cast<int64_t>(p.prompts.size()) * p.num_images_per_prompt;
 }
 
+// "auto" (see LoadOptions::dtype) on `device` -> dtype.
+torch::ScalarType resolve_dtype(const std::string& name, const torch::Device& device);
+std::string dtype_name(torch::ScalarType t);
+bool cpu_has_native_bf16();
 // "float32" | "fp32" | "bfloat16" | "bf16" | "float16" | "fp16" | "half" -> dtype (InvalidArgument otherwise).
 torch::ScalarType parse_dtype(const std::string& name);
 // "cpu" | "cuda" | "cuda:N" -> device; CUDA requested but unavailable is an Unsupported error.

@@ -55,7 +55,7 @@ TEST_P(PipelineEdit, MatchesReference) {
   AMUSED_REQUIRE_GOLDEN();
   const json& c = golden_case(GetParam());
   const json& args = c["call_args"];
-  auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string());
+  auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), reference_options());
   amused::InpaintParams p;
   fill_common(p, args);
   p.image = image_from(golden_tensor(c["inputs"]["image_uint8"]));
@@ -96,7 +96,7 @@ TEST(EditCli, ImageToImageAndInpaintFromPngFiles) {
   {
     const json& c = golden_case("pipeline/i2i/a/strength09");
     amused::save_png(tmp / "in.png", image_from(golden_tensor(c["inputs"]["image_uint8"])));
-    auto r = run_cli("generate -m '" + model + "' -p 'an oil painting of a harbor' --init-image '" +
+    auto r = run_cli("generate --dtype float32 -m '" + model + "' -p 'an oil painting of a harbor' --init-image '" +
                      (tmp / "in.png").string() + "' --strength 0.9 --steps 10 --guidance 6 --seed 11 -o '" +
                      (tmp / "i2i.png").string() + "' --save-tokens '" + (tmp / "i2i.safetensors").string() +
                      "' --json");
@@ -111,7 +111,7 @@ TEST(EditCli, ImageToImageAndInpaintFromPngFiles) {
     const json& c = golden_case("pipeline/inpaint/a/basic");
     amused::save_png(tmp / "in2.png", image_from(golden_tensor(c["inputs"]["image_uint8"])));
     amused::save_png(tmp / "mask.png", mask_from(golden_tensor(c["inputs"]["mask_image"])));
-    auto r = run_cli("generate -m '" + model + "' -p 'a yellow flower' --init-image '" + (tmp / "in2.png").string() +
+    auto r = run_cli("generate --dtype float32 -m '" + model + "' -p 'a yellow flower' --init-image '" + (tmp / "in2.png").string() +
                      "' --mask '" + (tmp / "mask.png").string() + "' --seed 20 -o '" + (tmp / "inp.png").string() +
                      "' --save-tokens '" + (tmp / "inp.safetensors").string() + "' --quiet");
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -126,7 +126,7 @@ TEST(EditCli, ImageToImageAndInpaintFromPngFiles) {
 TEST(EditCli, BadInputsAreClearErrors) {
   AMUSED_REQUIRE_GOLDEN();
   TempDir tmp;
-  const std::string base = "generate -m '" + golden_path("models/tiny-a").string() + "' -p x --steps 2 -o '" +
+  const std::string base = "generate --dtype float32 -m '" + golden_path("models/tiny-a").string() + "' -p x --steps 2 -o '" +
                            (tmp / "out.png").string() + "' ";
   amused::Image img;
   img.width = 16;

@@ -64,7 +64,7 @@ class PipelineT2I : public ::testing::TestWithParam<std::string> {};
 TEST_P(PipelineT2I, MatchesReference) {
   AMUSED_REQUIRE_GOLDEN();
   const json& c = golden_case(GetParam());
-  auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string());
+  auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), reference_options());
   auto result = pipe->text_to_image(params_from(c["call_args"]));
   auto tokens = tokens_tensor(result.tokens);
   ASSERT_TRUE(matches_descriptor(tokens, c["outputs"]["final_tokens"], "final_tokens"));
@@ -95,7 +95,7 @@ INSTANTIATE_TEST_SUITE_P(Golden, PipelineT2I, ::testing::ValuesIn(t2i_case_ids()
 
 TEST(PipelineT2IErrors, RejectsBadParameters) {
   AMUSED_REQUIRE_GOLDEN();
-  auto pipe = amused::Pipeline::load(golden_path("models/tiny-a").string());
+  auto pipe = amused::Pipeline::load(golden_path("models/tiny-a").string(), reference_options());
   amused::TextToImageParams p;
   EXPECT_THROW(pipe->text_to_image(p), amused::InvalidArgument);  // no prompt
   p.prompts = {"a", "b"};
@@ -111,7 +111,7 @@ TEST(PipelineT2IErrors, RejectsBadParameters) {
 
 TEST(PipelineT2IErrors, ProgressCallbackCancels) {
   AMUSED_REQUIRE_GOLDEN();
-  auto pipe = amused::Pipeline::load(golden_path("models/tiny-a").string());
+  auto pipe = amused::Pipeline::load(golden_path("models/tiny-a").string(), reference_options());
   amused::TextToImageParams p;
   p.prompts = {"a cat"};
   p.seed = 1;
@@ -129,7 +129,7 @@ TEST(GenerateCli, WritesPngTokensAndMetadata) {
   AMUSED_REQUIRE_GOLDEN();
   const json& c = golden_case("pipeline/t2i/a/nipp2");
   TempDir tmp;
-  const std::string cmd = "generate -m '" + golden_path("models/tiny-a").string() +
+  const std::string cmd = "generate --dtype float32 -m '" + golden_path("models/tiny-a").string() +
                           "' -p 'a dog wearing a hat' --num-images 2 --steps 6 --seed 4 -o '" +
                           (tmp / "img.png").string() + "' --save-tokens '" + (tmp / "t.safetensors").string() +
                           "' --json";
@@ -151,7 +151,7 @@ TEST(GenerateCli, WritesPngTokensAndMetadata) {
 TEST(GenerateCli, BadInputsGiveOneClearError) {
   AMUSED_REQUIRE_GOLDEN();
   TempDir tmp;
-  const std::string m = "generate -m '" + golden_path("models/tiny-a").string() + "' ";
+  const std::string m = "generate --dtype float32 -m '" + golden_path("models/tiny-a").string() + "' ";
   struct Case {
     std::string args, needle;
   } cases[] = {

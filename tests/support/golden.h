@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "amused/pipeline.h"
+
 namespace amused::testing {
 
 std::filesystem::path golden_dir();
@@ -37,6 +39,13 @@ std::filesystem::path golden_path(const std::string& relative);
 // Uses the descriptor's "tolerance" ({"kind": exact|allclose|max_abs_diff, ...}).
 ::testing::AssertionResult matches_descriptor(const torch::Tensor& actual, const nlohmann::json& descriptor,
                                               const std::string& name);
+
+// Load options that reproduce the reference exactly (float32 on the CPU).
+inline amused::LoadOptions reference_options() {
+  amused::LoadOptions o;
+  o.dtype = "float32";
+  return o;
+}
 
 // A fresh empty temporary folder, removed by the destructor.
 class TempDir {
