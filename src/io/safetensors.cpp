@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -69,8 +70,37 @@ bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_
 
 }  // namespace
 
+namespace {
+// Live mappings, for release_mapped_pages.
+std::mutex g_maps_mutex;
+std::map<uintptr_t, uintptr_t> g_maps;  // begin -> end
+}  // namespace
+
 SafeTensorsFile::~SafeTensorsFile() {
-  if (map_ && map_ != MAP_FAILED) ::munmap(map_, size_);
+  if (map_ && map_ != MAP_FAILED) {
+    {
+      std::lock_guard<std::mutex> lock(g_maps_mutex);
+      g_maps.erase(reinterpret_cast<uintptr_t>(map_));
+    }
+    ::munmap(map_, size_);
+  }
+}
+
+void release_mapped_pages(const torch::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu() || t.numel() == 0) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto end = begin + static_cast<uintptr_t>(t.numel()) * t.element_size();
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    auto it = g_maps.upper_bound(begin);
+    if (it == g_maps.begin()) return;
+    --it;
+    if (begin < it->first || end > it->second) return;
+  }
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page;  // whole pages inside the tensor only
+  const uintptr_t last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const fs::path& path) {
@@ -101,6 +131,10 @@ std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const fs::path& path) {
   if (f->map_ == MAP_FAILED) {
     f->map_ = nullptr;
     throw CheckpointError("cannot memory-map '" + path.string() + "': " + std::strerror(errno));
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    g_maps[reinterpret_cast<uintptr_t>(f->map_)] = reinterpret_cast<uintptr_t>(f->map_) + f->size_;
   }
   const auto* bytes = static_cast<const uint8_t*>(f->map_);
   uint64_t n = 0;

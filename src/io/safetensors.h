@@ -64,6 +64,12 @@ class SafeTensorsFile : public std::enable_shared_from_this<SafeTensorsFile> {
   Metadata metadata_;
 };
 
+// If `t` views a memory-mapped safetensors file, drops its whole pages from this process's resident
+// memory (madvise DONTNEED). The data stays valid: a later read maps the pages in again from the
+// file. Used after converting a tensor to another dtype, so loading a float32 checkpoint into a
+// 16-bit model never holds both in memory. No-op for any other tensor.
+void release_mapped_pages(const torch::Tensor& t);
+
 // Convenience: open + tensors().
 StateDict load_safetensors(const std::filesystem::path& path);
 

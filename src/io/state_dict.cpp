@@ -76,6 +76,7 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
       target.set_data(src);
     } else {
       target.set_data(src.to(want_device, want_dtype).contiguous());
+      release_mapped_pages(src);  // the file's copy is no longer needed in memory
     }
   }
 }

@@ -250,25 +250,30 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   io::LoadOptions lo;
   lo.device = impl->device;
   lo.dtype = impl->dtype;
+  // Mixed precision on the CPU: matrix weights (linear, convolution, embedding) in bfloat16 for the
+  // fast 16-bit kernels and half the memory; norms, the residual stream and every other activation
+  // in float32, which keeps the sampled tokens faithful to the float32 reference (docs/numerics.md).
+  // The logits head and the VQ codebook stay float32 (they decide tokens directly).
+  std::function<std::optional<torch::ScalarType>(const std::string&, const torch::Tensor&)> mixed;
   if (impl->device.is_cpu() && impl->dtype == torch::kBFloat16) {
-    // Mixed precision on the CPU: matrix weights (linear, convolution, embedding) in bfloat16 for
-    // the fast 16-bit kernels and half the memory; norms, the residual stream and every other
-    // activation in float32, which keeps the sampled tokens faithful to the float32 reference
-    // (docs/numerics.md).
     impl->dtype = torch::kFloat32;
     lo.dtype = torch::kFloat32;
-    lo.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
-      const bool norm = key.find("norm") != std::string::npos;
-      if (p.dim() >= 2 && !norm && key.rfind("mlm_layer", 0) != 0) return torch::kBFloat16;
+    mixed = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
+      const bool keep = key.find("norm") != std::string::npos || key.rfind("mlm_layer", 0) == 0 ||
+                        key.rfind("quantize.", 0) == 0;
+      if (p.dim() >= 2 && !keep) return torch::kBFloat16;
       return std::nullopt;
     };
+    lo.dtype_for = mixed;
   }
   // Weights from the component's files, or (benchmarks) random ones in the requested dtype/device.
   auto fill = [&](torch::nn::Module& module, const std::string& name, const io::LoadOptions& o,
                   const std::function<void()>& init_weights) {
     if (options.random_weights) {
-      init_weights();
+      // Convert the (still untouched) parameters first, so random initialisation happens in the
+      // final dtype and never holds a float32 copy of a 16-bit model.
       io::convert_parameters(module, o);
+      init_weights();
     } else {
       io::load_state_dict(module, repo.component_weights(name), repo.component_dir(name).string(), o);
     }
@@ -295,8 +300,9 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     impl->vq_scale_factor = cfg.scale_factor();
     impl->vqvae = VQModel(cfg);
     io::LoadOptions vq_lo = lo;
-    vq_lo.dtype = torch::kFloat32;  // force_upcast: the VQ-GAN stays in float32
-    vq_lo.dtype_for = nullptr;
+    // force_upcast: the VQ-GAN's activations stay float32 (with mixed precision its convolution
+    // weights are 16-bit like the other models').
+    vq_lo.dtype = torch::kFloat32;
     fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_weights(); });
   }
   impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),

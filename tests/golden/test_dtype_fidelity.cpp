@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include "amused/pipeline.h"
+#include "core/config.h"
+#include "io/state_dict.h"
+#include "models/uvit_2d.h"
 #include "nn/cond_cache.h"
 #include "pipelines/pipeline_amused.h"
 #include "support/golden.h"
@@ -101,6 +104,56 @@ TEST(DtypeFidelity, BFloat16TokensAndLogits) {
     equal += f.equal;
   }
   EXPECT_GE(static_cast<double>(equal) / tokens, 0.99);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(DtypeFidelity, BFloat16DecodedImages) {
+  AMUSED_REQUIRE_GOLDEN();
+  amused::LoadOptions lo;
+  lo.dtype = "bfloat16";
+  for (const auto& c : golden_cases_of_kind("pipeline_t2i")) {
+    auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), lo);
+    amused::Timings t;
+    torch::NoGradGuard g;
+    auto tokens = golden_tensor(c["outputs"]["final_tokens"]);
+    auto images = pipe->impl().decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
+    const double e = nmse(images, golden_tensor(c["outputs"]["images_np"]));
+    EXPECT_LT(e, 1e-3) << c["id"];
+  }
+}
+
+// Full-size amused-256 transformer, random N(0, 0.02) weights: bfloat16 mixed precision against
+// float32 logits.
+TEST(DtypeFidelitySlow, FullSizeTransformerLogits) {
+  AMUSED_REQUIRE_GOLDEN();
+  auto cfg = amused::models::UVit2DConfig::from_json(
+      amused::read_json_file(golden_path("full-configs/amused-256/transformer/config.json")), "config");
+  amused::models::UVit2DModel f32(cfg), mixed(cfg);
+  torch::NoGradGuard g;
+  torch::manual_seed(0);
+  for (auto& p : f32->parameters()) p.normal_(0, 0.02);
+  auto src = f32->named_parameters();
+  for (auto& p : mixed->named_parameters()) p.value().copy_(src[p.key()]);
+  amused::io::LoadOptions o;
+  o.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
+    if (p.dim() >= 2 && key.find("norm") == std::string::npos && key.rfind("mlm_layer", 0) != 0)
+      return torch::kBFloat16;
+    return std::nullopt;
+  };
+  amused::io::convert_parameters(*mixed, o);
+  auto ids = torch::randint(0, cfg.codebook_size, {2, 16, 16});
+  ids.index_put_({ids.lt(cfg.codebook_size / 2)}, cfg.vocab_size - 1);  // about half masked
+  auto ehs = torch::randn({2, 77, cfg.encoder_hidden_size});
+  auto pooled = torch::randn({2, cfg.cond_embed_dim});
+  auto micro = torch::tensor({256.f, 256.f, 0.f, 0.f, 6.f}).unsqueeze(0).expand({2, 5});
+  auto ref = f32->forward(ids, ehs, pooled, micro);
+  auto got = mixed->forward(ids, ehs, pooled, micro);
+  const double e = nmse(got, ref);
+  std::printf("full-size amused-256 logits NMSE bfloat16-mixed vs float32: %.3e\n", e);
+  EXPECT_LT(e, 1e-3);
 }
 
 }  // namespace
