@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -51,6 +52,10 @@ int main(int argc, char** argv) {
     return 130;
   } catch (const amused::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    // A LibTorch error: the message without LibTorch's C++ backtrace.
+    std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <random>
 
+#include <c10/util/Exception.h>
+
 #include "amused/error.h"
 
 namespace amused::server {
@@ -232,7 +234,9 @@ void JobQueue::worker_loop() {
       ApiError err;
       err.status = 500;
       err.type = "server_error";
-      err.message = std::string("generation failed: ") + e.what();
+      // LibTorch errors carry a C++ backtrace: clients get the message only.
+      const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+      err.message = std::string("generation failed: ") + (c10e ? c10e->what_without_backtrace() : e.what());
       err.code = "generation_failed";
       error = err;
     }

@@ -201,7 +201,9 @@ torch::Tensor VQModelImpl::encode(const torch::Tensor& pixels) {
                           std::to_string(width) + " (HxW) is not a multiple of the VQ scale " +
                           "factor " + std::to_string(f) + "; resize or crop to a multiple of " +
                           std::to_string(f));
-  const auto& w = quant_conv->weight;
+  // The activations' dtype is the codebook's: with mixed precision the convolution weights are
+  // 16-bit while the activations (and the codebook) stay float32.
+  const auto& w = quantize->embedding->weight;
   auto h = encoder(pixels.to(w.device(), w.scalar_type()));
   return quant_conv(h);
 }
