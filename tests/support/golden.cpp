@@ -24,6 +24,8 @@ fs::path golden_dir() {
   return fs::weakly_canonical(fs::path(AMUSED_SOURCE_DIR) / ".." / "shared" / "golden");
 }
 
+fs::path keys_dir() { return golden_dir().parent_path() / "docs" / "keys"; }
+
 bool golden_available() { return fs::exists(golden_dir() / "manifest.json"); }
 
 bool running_in_ci() {

@@ -31,6 +31,9 @@ torch::Tensor golden_tensor(const nlohmann::json& descriptor);
 // Absolute path of something inside the golden folder ("models/tiny-a").
 std::filesystem::path golden_path(const std::string& relative);
 
+// The reference key lists (../shared/docs/keys beside the golden folder).
+std::filesystem::path keys_dir();
+
 // Comparisons. `name` appears in the failure message.
 ::testing::AssertionResult tensors_equal(const torch::Tensor& actual, const torch::Tensor& expected,
                                          const std::string& name);

@@ -16,10 +16,6 @@ namespace fs = std::filesystem;
 using amused::models::UVit2DConfig;
 using amused::models::UVit2DModel;
 
-fs::path keys_dir() {
-  return fs::weakly_canonical(fs::path(AMUSED_SOURCE_DIR) / ".." / "shared" / "docs" / "keys");
-}
-
 // Lines "name [d0, d1, ...]" -> name -> shape.
 std::map<std::string, std::vector<int64_t>> read_key_list(const fs::path& path) {
   std::ifstream in(path);
@@ -51,9 +47,12 @@ UVit2DConfig full_config(const std::string& name) {
 
 void check_keys(const std::string& name, size_t expected_count, int64_t expected_params) {
   const auto key_file =
-      keys_dir() / ("keys_transformer_" +
+      amused::testing::keys_dir() / ("keys_transformer_" +
                     std::string(name == "amused-256" ? "amused256" : "amused512") + ".txt");
-  if (!fs::exists(key_file)) GTEST_SKIP() << key_file << " not found";
+  if (!fs::exists(key_file)) {
+    if (amused::testing::running_in_ci()) FAIL() << key_file << " not found (CI=true)";
+    GTEST_SKIP() << key_file << " not found";
+  }
   const auto expected = read_key_list(key_file);
   UVit2DModel model(full_config(name));
 

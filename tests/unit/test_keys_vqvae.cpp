@@ -35,9 +35,11 @@ std::map<std::string, std::vector<int64_t>> read_key_list(const fs::path& path) 
 
 TEST(VQModelKeys, FullSizeMatchesKeyList) {
   AMUSED_REQUIRE_GOLDEN();
-  const fs::path keys_path =
-      fs::path(AMUSED_SOURCE_DIR) / ".." / "shared" / "docs" / "keys" / "keys_vqvae.txt";
-  if (!fs::exists(keys_path)) GTEST_SKIP() << keys_path << " not found";
+  const fs::path keys_path = amused::testing::keys_dir() / "keys_vqvae.txt";
+  if (!fs::exists(keys_path)) {
+    if (amused::testing::running_in_ci()) FAIL() << keys_path << " not found (CI=true)";
+    GTEST_SKIP() << keys_path << " not found";
+  }
   const auto expected = read_key_list(keys_path);
   ASSERT_EQ(expected.size(), 277u);
 
