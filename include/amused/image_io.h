@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -42,16 +43,18 @@ namespace amused {
 // JPEG goes through libjpeg with its default (PIL's) decoder settings. Throws amused::IoError naming
 // the file when it is missing, truncated or not an image.
 Image load_image(const std::filesystem::path& path);
-
-// The same decoding from bytes in memory (an upload); `name` identifies them in error messages.
-// Throws amused::IoError when the bytes are not a PNG, JPEG or BMP image, are truncated or claim
-// more pixels than the limit.
-Image decode_image(const std::string& bytes, const std::string& name);
+// The same decoder on bytes already in memory (an upload); `source` names them in messages.
+// Images over 16384 pixels per side or 100 megapixels, and files over 256 MiB, are refused
+// before any pixel memory is allocated.
+Image decode_image(std::string_view data, const std::string& source);
 
 // 8-bit grey version of an RGB image with PIL's convert("L") weights (ITU-R 601-2 luma).
+// Throws InvalidArgument when `image` is inconsistent (as resize_image).
 Image to_grey(const Image& image);
 
 // Resizes with a Lanczos-3 filter (antialiased when shrinking, like PIL's Image.LANCZOS).
+// Throws InvalidArgument when `image` is inconsistent (pixels.size() != width*height*channels,
+// channels not 1, 3 or 4) or the target size is not positive or over the decoder's limits.
 Image resize_image(const Image& image, int width, int height);
 
 }  // namespace amused

@@ -36,6 +36,13 @@ class ClipTokenizer {
   ClipTokenizer(const ClipTokenizer&) = delete;
   ClipTokenizer& operator=(const ClipTokenizer&) = delete;
 
+  // Longest text tokenize()/encode() accept (an InvalidArgument beyond): CLIP reads 77 tokens,
+  // and BPE time grows faster than linearly in the length of a word.
+  static constexpr size_t kMaxTextBytes = 1u << 20;
+  // encode_padded/encode_batch tokenize only about this many leading bytes of a longer text (cut
+  // at whitespace) when that already yields max_length tokens; the ids are identical.
+  static constexpr size_t kPrefixBytes = 8u << 10;
+
   // BPE token strings ("cat</w>"), added tokens as their content ("!", "<|endoftext|>").
   // Invalid UTF-8 bytes are decoded as U+FFFD (as Python's errors="replace"), which the
   // pre-normalisation then drops.
@@ -66,6 +73,8 @@ class ClipTokenizer {
   struct Impl;
 
  private:
+  // encode(), or the encoding of a bounded prefix when that gives the same first max_length ids.
+  std::vector<int64_t> encode_truncatable(const std::string& text, int64_t max_length) const;
   explicit ClipTokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

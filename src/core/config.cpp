@@ -1,6 +1,7 @@
 #include "core/config.h"
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "core/log.h"
@@ -8,14 +9,40 @@
 namespace amused {
 using nlohmann::json;
 
-json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError("config file '" + path.string() + "' not found");
+json parse_json_text(std::string_view text, const std::string& source) {
+  if (text.size() > kMaxJsonFileBytes)
+    throw ConfigError(source + " is " + std::to_string(text.size()) + " bytes, more than the " +
+                      std::to_string(kMaxJsonFileBytes >> 20) +
+                      " MiB limit for a JSON file (not a config?)");
   try {
-    return json::parse(in);
+    // The depth limit keeps recursive consumers (dump, comparisons) off deep stacks.
+    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth)
+        throw ConfigError(source + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
+                          " levels (not a config?)");
+      return true;
+    });
   } catch (const json::exception& e) {
-    throw ConfigError("config file '" + path.string() + "' is not valid JSON: " + e.what());
+    throw ConfigError(source + " is not valid JSON: " + e.what());
   }
+}
+
+json read_json_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ConfigError("config file '" + path.string() + "' is a folder, expected a JSON file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError("config file '" + path.string() + "' not found");
+  const auto size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxJsonFileBytes)
+    throw ConfigError("config file '" + path.string() + "' is " + std::to_string(size) +
+                      " bytes, more than the " + std::to_string(kMaxJsonFileBytes >> 20) +
+                      " MiB limit for a JSON file (not a config?)");
+  std::string text;
+  text.resize(static_cast<size_t>(ec ? 0 : size));
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return parse_json_text(text, "config file '" + path.string() + "'");
 }
 
 ConfigReader::ConfigReader(const json& j, std::string source, const std::string& expected_class,
@@ -57,8 +84,10 @@ void ConfigReader::field(const char* key, int64_t& out) {
   if (auto v = get(key)) {
     if (v->is_number_integer()) {
       out = v->get<int64_t>();
-    } else if (v->is_number_float() && v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))) {
-      out = static_cast<int64_t>(v->get<double>());  // 16.0 is accepted as 16
+    } else if (const double d = v->is_number_float() ? v->get<double>() : 0.5;
+               // The range check comes first: casting an out-of-range double is undefined.
+               d >= -9.2e18 && d <= 9.2e18 && d == static_cast<double>(static_cast<int64_t>(d))) {
+      out = static_cast<int64_t>(d);  // 16.0 is accepted as 16
     } else {
       type_error(key, "an integer");
     }
@@ -67,6 +96,8 @@ void ConfigReader::field(const char* key, int64_t& out) {
 void ConfigReader::field(const char* key, int& out) {
   int64_t v = out;
   field(key, v);
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    type_error(key, "an integer in the 32-bit range");
   out = static_cast<int>(v);
 }
 void ConfigReader::field(const char* key, double& out) {
@@ -142,6 +173,12 @@ void ConfigReader::finish() {
 
 void config_check(bool ok, const std::string& source, const std::string& key, const std::string& why) {
   if (!ok) throw ConfigError(source + ": " + key + " is invalid: " + why);
+}
+
+void config_check_size(int64_t v, const std::string& source, const std::string& key) {
+  config_check(v > 0 && v <= kMaxConfigSize, source, key,
+               "expected a positive integer of at most " + std::to_string(kMaxConfigSize) + ", got " +
+                   std::to_string(v));
 }
 
 }  // namespace amused

@@ -12,14 +12,26 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "amused/error.h"
 
 namespace amused {
 
-// Reads a JSON file; throws ConfigError naming the file when it is missing or not valid JSON.
+// Limits on JSON inputs, checked before anything is allocated for them. Real files are far
+// smaller: configs and shard indexes are a few KiB, CLIP's vocab.json is 1.6 MiB.
+inline constexpr uint64_t kMaxJsonFileBytes = 64ull << 20;
+inline constexpr int kMaxJsonDepth = 64;
+// Largest value a config size field (hidden sizes, vocab sizes, layer counts) may hold: larger
+// values describe no real model and would only ask LibTorch for absurd allocations.
+inline constexpr int64_t kMaxConfigSize = int64_t{1} << 20;
+
+// Reads a JSON file; throws ConfigError naming the file when it is missing, larger than
+// kMaxJsonFileBytes, nested deeper than kMaxJsonDepth or not valid JSON.
 nlohmann::json read_json_file(const std::filesystem::path& path);
+// The same checks on text already in memory (`source` names it in messages).
+nlohmann::json parse_json_text(std::string_view text, const std::string& source);
 
 class ConfigReader {
  public:
@@ -27,6 +39,10 @@ class ConfigReader {
   // class is a ConfigError. `source` names the file in messages.
   ConfigReader(const nlohmann::json& j, std::string source, const std::string& expected_class = "",
                std::vector<std::string> alternative_classes = {});
+  // The reader keeps a reference to `j`: a temporary would dangle (found by ASan as a
+  // stack-use-after-scope), so binding one is a compile error.
+  ConfigReader(nlohmann::json&& j, std::string source, const std::string& expected_class = "",
+               std::vector<std::string> alternative_classes = {}) = delete;
 
   void field(const char* key, bool& out);
   void field(const char* key, int64_t& out);
@@ -59,5 +75,7 @@ class ConfigReader {
 
 // Throws ConfigError "<source>: <key> = <value> is invalid: <why>" when `ok` is false.
 void config_check(bool ok, const std::string& source, const std::string& key, const std::string& why);
+// config_check for a size field: 0 < v <= kMaxConfigSize.
+void config_check_size(int64_t v, const std::string& source, const std::string& key);
 
 }  // namespace amused

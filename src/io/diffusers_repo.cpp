@@ -350,31 +350,7 @@ std::vector<fs::path> DiffusersRepo::weight_files(const std::string& name) const
   }
   if (!hub::is_shard_index(chosen.front())) return {dir / chosen.front()};
   const fs::path index_path = dir / chosen.front();
-  json index;
-  {
-    std::ifstream in(index_path);
-    try {
-      index = json::parse(in);
-    } catch (const json::exception& e) {
-      throw CheckpointError("shard index '" + index_path.string() +
-                            "' is not valid JSON: " + e.what());
-    }
-  }
-  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object() ||
-      index["weight_map"].empty())
-    throw CheckpointError("shard index '" + index_path.string() +
-                          "': expected a non-empty 'weight_map' object");
-  std::set<std::string> shards;
-  for (const auto& [key, shard] : index["weight_map"].items()) {
-    if (!shard.is_string())
-      throw CheckpointError("shard index '" + index_path.string() + "': weight_map['" + key +
-                            "']: expected a file name, got " + shard.dump());
-    const std::string s = shard.get<std::string>();
-    if (s.empty() || s.find('/') != std::string::npos || s == "." || s == "..")
-      throw CheckpointError("shard index '" + index_path.string() + "': weight_map['" + key +
-                            "'] = '" + s + "' is not a file name in the same folder");
-    shards.insert(s);
-  }
+  const auto shards = hub::read_shard_index(index_path);
   std::vector<fs::path> out;
   std::error_code ec;
   for (const auto& s : shards) {

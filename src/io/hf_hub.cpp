@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "amused/error.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
 
@@ -546,6 +547,47 @@ bool is_shard_index(const std::string& file) {
          name.find(".index") != std::string::npos;
 }
 
+std::vector<std::string> parse_shard_index(std::string_view json_text, const std::string& source) {
+  json index;
+  try {
+    index = parse_json_text(json_text, "shard index '" + source + "'");
+  } catch (const ConfigError& e) {
+    throw CheckpointError(e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object() ||
+      index["weight_map"].empty())
+    throw CheckpointError("shard index '" + source + "': expected a non-empty 'weight_map' object");
+  std::set<std::string> shards;
+  for (const auto& [key, shard] : index["weight_map"].items()) {
+    if (!shard.is_string())
+      throw CheckpointError("shard index '" + source + "': weight_map[" + json(key).dump() +
+                            "]: expected a file name, got " + shard.type_name());
+    const std::string s = shard.get<std::string>();
+    if (s.empty() || s.find_first_of(std::string("/\\\0", 3)) != std::string::npos || s == "." ||
+        s == "..")
+      // dump() escapes the name: an embedded NUL would otherwise cut the message short.
+      throw CheckpointError("shard index '" + source + "': weight_map[" + json(key).dump() + "] = " + json(s).dump() +
+                            " is not a file name in the same folder");
+    shards.insert(s);
+  }
+  return {shards.begin(), shards.end()};
+}
+
+std::vector<std::string> read_shard_index(const fs::path& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw CheckpointError("shard index '" + path.string() + "' cannot be read: " + ec.message());
+  if (size > kMaxJsonFileBytes)
+    throw CheckpointError("shard index '" + path.string() + "' is " + std::to_string(size) +
+                          " bytes, more than the " + std::to_string(kMaxJsonFileBytes >> 20) +
+                          " MiB limit for a JSON file");
+  std::ifstream in(path, std::ios::binary);
+  std::string text(static_cast<size_t>(size), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return parse_shard_index(text, path.string());
+}
+
 fs::path HubClient::download_files(const std::string& repo_id, const std::string& commit,
                                    const std::vector<std::string>& files) const {
   const fs::path snapshot = repo_cache_folder(options_.cache, repo_id) / "snapshots" / commit;
@@ -557,20 +599,9 @@ fs::path HubClient::download_files(const std::string& repo_id, const std::string
   // Sharded checkpoints: the index names the shard files.
   for (const auto& f : files) {
     if (!is_shard_index(f)) continue;
-    json index;
-    try {
-      std::ifstream in(snapshot / f);
-      index = json::parse(in);
-    } catch (const json::exception& e) {
-      throw IoError("'" + (snapshot / f).string() + "' is not valid JSON: " + e.what());
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
-      throw IoError("'" + (snapshot / f).string() + "': expected a 'weight_map' object");
     const std::string dir = fs::path(f).parent_path().string();
-    std::set<std::string> shards;
-    for (const auto& [key, shard] : index["weight_map"].items())
-      if (shard.is_string()) shards.insert(shard.get<std::string>());
-    for (const auto& shard : shards) get(dir.empty() ? shard : dir + "/" + shard);
+    for (const auto& shard : read_shard_index(snapshot / f))
+      get(dir.empty() ? shard : dir + "/" + shard);
   }
   return snapshot;
 }

@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace amused::io::hub {
@@ -88,6 +89,14 @@ class HubClient {
 
 // True for shard index files: `<base>.safetensors.index.json`, `.index.<variant>.json`, ...
 bool is_shard_index(const std::string& file);
+
+// The shard files a shard index lists (the values of its `weight_map`), sorted and unique. Each
+// must be a plain file name in the index's own folder (no '/', '\\', "." or ".."): the index may
+// come from the network, so it must never name a path outside the snapshot. A missing or empty
+// weight_map or a non-string value is a CheckpointError naming `source`.
+std::vector<std::string> parse_shard_index(std::string_view json_text, const std::string& source);
+// Reads the file (size limits of read_json_file) and parses it as above.
+std::vector<std::string> read_shard_index(const std::filesystem::path& path);
 
 // SHA-256 (FIPS 180-4), streaming.
 class Sha256 {

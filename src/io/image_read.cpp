@@ -15,6 +15,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "amused/error.h"
 #include "amused/image_io.h"
@@ -27,34 +28,55 @@ namespace {
 // Inputs larger than this are refused before their pixels are allocated.
 constexpr int64_t kMaxSide = 16384;
 constexpr int64_t kMaxPixels = 100'000'000;
+constexpr uint64_t kMaxFileBytes = 256ull << 20;
 
-void check_dimensions(int64_t w, int64_t h, const std::string& name) {
+void check_dimensions(int64_t w, int64_t h, const fs::path& path) {
   if (w <= 0 || h <= 0 || w > kMaxSide || h > kMaxSide || w * h > kMaxPixels)
-    throw IoError("image '" + name + "' claims " + std::to_string(w) + "x" + std::to_string(h) +
+    throw IoError("image '" + path.string() + "' claims " + std::to_string(w) + "x" + std::to_string(h) +
                   " pixels; the limit is " + std::to_string(kMaxSide) + " per side and " +
                   std::to_string(kMaxPixels / 1'000'000) + " megapixels");
 }
 
 std::string read_all(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw IoError("image '" + path.string() + "' is a folder, expected a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    std::error_code ec;
     if (!fs::exists(path, ec)) throw IoError("image '" + path.string() + "' does not exist");
     throw IoError("cannot read image '" + path.string() + "': " + std::strerror(errno));
   }
+  const auto size = fs::file_size(path, ec);
+  if (!ec && size > kMaxFileBytes)
+    throw IoError("image '" + path.string() + "' is " + std::to_string(size) + " bytes, more than the " +
+                  std::to_string(kMaxFileBytes >> 20) + " MiB limit for an image file");
   std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return data;
 }
 
+// Images built by callers (not only decoded ones) reach to_grey/resize_image: check the layout
+// before indexing.
+void check_image(const Image& image, const char* what) {
+  const bool ok = image.width > 0 && image.height > 0 && image.width <= kMaxSide &&
+                  image.height <= kMaxSide &&
+                  (image.channels == 1 || image.channels == 3 || image.channels == 4) &&
+                  image.pixels.size() == static_cast<size_t>(image.width) * image.height * image.channels;
+  if (!ok)
+    throw InvalidArgument(std::string(what) + ": inconsistent image " + std::to_string(image.width) + "x" +
+                          std::to_string(image.height) + "x" + std::to_string(image.channels) + " with " +
+                          std::to_string(image.pixels.size()) +
+                          " bytes (expected width*height*channels bytes, channels 1, 3 or 4, sides 1.." +
+                          std::to_string(kMaxSide) + ")");
+}
+
 struct PngReadState {
-  const std::string* data;
+  std::string_view data;
   size_t pos = 0;
   std::string error;
 };
 void png_read_mem(png_structp png, png_bytep out, png_size_t n) {
   auto* st = static_cast<PngReadState*>(png_get_io_ptr(png));
-  if (st->pos + n > st->data->size()) png_error(png, "unexpected end of file (truncated?)");
-  std::memcpy(out, st->data->data() + st->pos, n);
+  if (n > st->data.size() - st->pos) png_error(png, "unexpected end of file (truncated?)");
+  std::memcpy(out, st->data.data() + st->pos, n);
   st->pos += n;
 }
 void png_on_error(png_structp png, png_const_charp msg) {
@@ -64,8 +86,8 @@ void png_on_error(png_structp png, png_const_charp msg) {
 }
 void png_on_warning(png_structp, png_const_charp) {}
 
-Image decode_png(const std::string& data, const std::string& name) {
-  PngReadState st{&data, 0, {}};
+Image decode_png(std::string_view data, const fs::path& path) {
+  PngReadState st{data, 0, {}};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, png_on_error, png_on_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info) throw IoError("libpng: out of memory");
@@ -73,12 +95,12 @@ Image decode_png(const std::string& data, const std::string& name) {
   std::vector<png_bytep> rows;
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    throw IoError("cannot decode PNG '" + name + "': " + st.error);
+    throw IoError("cannot decode PNG '" + path.string() + "': " + st.error);
   }
   png_set_read_fn(png, &st, png_read_mem);
   png_read_info(png, info);
   try {
-    check_dimensions(png_get_image_width(png, info), png_get_image_height(png, info), name);
+    check_dimensions(png_get_image_width(png, info), png_get_image_height(png, info), path);
   } catch (...) {
     png_destroy_read_struct(&png, &info, nullptr);
     throw;
@@ -118,7 +140,7 @@ void jpeg_on_error(j_common_ptr cinfo) {
 }
 void jpeg_on_message(j_common_ptr, int) {}
 
-Image decode_jpeg(const std::string& data, const std::string& name) {
+Image decode_jpeg(std::string_view data, const fs::path& path) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
@@ -127,13 +149,13 @@ Image decode_jpeg(const std::string& data, const std::string& name) {
   Image img;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
-    throw IoError("cannot decode JPEG '" + name + "': " + err.message);
+    throw IoError("cannot decode JPEG '" + path.string() + "': " + err.message);
   }
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, reinterpret_cast<const unsigned char*>(data.data()), static_cast<unsigned long>(data.size()));
   jpeg_read_header(&cinfo, TRUE);
   try {
-    check_dimensions(cinfo.image_width, cinfo.image_height, name);
+    check_dimensions(cinfo.image_width, cinfo.image_height, path);
   } catch (...) {
     jpeg_destroy_decompress(&cinfo);
     throw;
@@ -153,17 +175,17 @@ Image decode_jpeg(const std::string& data, const std::string& name) {
   return img;
 }
 
-Image decode_stb(const std::string& data, const std::string& name) {
+Image decode_stb(std::string_view data, const fs::path& path) {
   int w = 0, h = 0, n = 0;
   if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h,
                              &n))
-    throw IoError("cannot decode image '" + name + "': " + stbi_failure_reason());
-  check_dimensions(w, h, name);
+    throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
+  check_dimensions(w, h, path);
   std::unique_ptr<stbi_uc, void (*)(void*)> px(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(data.data()), static_cast<int>(data.size()), &w, &h, &n,
                             3),
       stbi_image_free);
-  if (!px) throw IoError("cannot decode image '" + name + "': " + stbi_failure_reason());
+  if (!px) throw IoError("cannot decode image '" + path.string() + "': " + stbi_failure_reason());
   Image img;
   img.width = w;
   img.height = h;
@@ -213,17 +235,22 @@ void resample_axis(const std::vector<double>& in, std::vector<double>& out, int 
 
 }  // namespace
 
-Image decode_image(const std::string& data, const std::string& name) {
-  if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return decode_png(data, name);
-  if (data.size() >= 3 && static_cast<unsigned char>(data[0]) == 0xFF && static_cast<unsigned char>(data[1]) == 0xD8)
-    return decode_jpeg(data, name);
-  if (data.size() >= 2 && data[0] == 'B' && data[1] == 'M') return decode_stb(data, name);
-  throw IoError("'" + name + "' is not a PNG, JPEG or BMP image");
-}
-
 Image load_image(const fs::path& path) { return decode_image(read_all(path), path.string()); }
 
+Image decode_image(std::string_view data, const std::string& source) {
+  const fs::path path = source;
+  if (data.size() > kMaxFileBytes)
+    throw IoError("image '" + source + "' is " + std::to_string(data.size()) + " bytes, more than the " +
+                  std::to_string(kMaxFileBytes >> 20) + " MiB limit for an image file");
+  if (data.size() >= 8 && std::memcmp(data.data(), "\x89PNG\r\n\x1a\n", 8) == 0) return decode_png(data, path);
+  if (data.size() >= 3 && static_cast<unsigned char>(data[0]) == 0xFF && static_cast<unsigned char>(data[1]) == 0xD8)
+    return decode_jpeg(data, path);
+  if (data.size() >= 2 && data[0] == 'B' && data[1] == 'M') return decode_stb(data, path);
+  throw IoError("'" + source + "' is not a PNG, JPEG or BMP image");
+}
+
 Image to_grey(const Image& image) {
+  check_image(image, "to_grey");
   if (image.channels == 1) return image;
   Image g;
   g.width = image.width;
@@ -241,6 +268,11 @@ Image to_grey(const Image& image) {
 Image resize_image(const Image& image, int width, int height) {
   if (width <= 0 || height <= 0) throw InvalidArgument("cannot resize to " + std::to_string(width) + "x" +
                                                        std::to_string(height));
+  check_image(image, "resize_image");
+  if (width > kMaxSide || height > kMaxSide || int64_t{width} * height > kMaxPixels)
+    throw InvalidArgument("cannot resize to " + std::to_string(width) + "x" + std::to_string(height) +
+                          ": the limit is " + std::to_string(kMaxSide) + " per side and " +
+                          std::to_string(kMaxPixels / 1'000'000) + " megapixels");
   if (width == image.width && height == image.height) return image;
   const int c = image.channels;
   std::vector<double> src(image.pixels.begin(), image.pixels.end());

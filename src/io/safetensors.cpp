@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "amused/error.h"
+#include "core/config.h"
 #include "io/atomic_file.h"
 
 namespace amused::io {
@@ -158,6 +159,8 @@ std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const fs::path& path) {
     header = json::parse(
         reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + n),
         [&](int depth, json::parse_event_t event, json& parsed) {
+          // Real headers nest 3 levels; deep nesting only costs stack in recursive consumers.
+          if (depth > kMaxJsonDepth) fail(path, "header nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
           if (depth == 1 && event == json::parse_event_t::key) {
             std::string k = parsed.get<std::string>();
             if (!seen.insert(k).second && duplicate.empty()) duplicate = k;

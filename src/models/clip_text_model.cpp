@@ -63,7 +63,7 @@ CLIPTextConfig CLIPTextConfig::from_json(const json& j, const std::string& sourc
                         {"num_hidden_layers", c.num_hidden_layers},
                         {"num_attention_heads", c.num_attention_heads},
                         {"max_position_embeddings", c.max_position_embeddings}})
-    config_check(v > 0, source, key, "expected a positive integer, got " + std::to_string(v));
+    config_check_size(v, source, key);
   config_check(c.hidden_size % c.num_attention_heads == 0, source, "hidden_size",
                "expected a multiple of num_attention_heads (" +
                    std::to_string(c.num_attention_heads) + "), got " +

@@ -71,7 +71,7 @@ nlohmann::json UVit2DConfig::to_json() const {
 
 void UVit2DConfig::validate(const std::string& source) const {
   auto positive = [&](const char* key, int64_t v) {
-    config_check(v > 0, source, key, "expected a positive integer, got " + std::to_string(v));
+    config_check_size(v, source, key);
   };
   positive("hidden_size", hidden_size);
   positive("cond_embed_dim", cond_embed_dim);

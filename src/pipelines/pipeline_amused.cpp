@@ -344,9 +344,16 @@ void Pipeline::Impl::validate(const GenerationParams& params) const {
                           std::to_string(np) + " prompts (give one negative prompt for all, or one per prompt)");
   if (params.num_inference_steps < 1)
     throw InvalidArgument("steps must be at least 1, got " + std::to_string(params.num_inference_steps));
+  if (params.num_inference_steps > kMaxSteps)
+    throw InvalidArgument("steps must be at most " + std::to_string(kMaxSteps) + ", got " +
+                          std::to_string(params.num_inference_steps));
   if (params.num_images_per_prompt < 1)
     throw InvalidArgument("images per prompt must be at least 1, got " +
                           std::to_string(params.num_images_per_prompt));
+  if (batch_size(params) > kMaxBatch)
+    throw InvalidArgument(std::to_string(np) + " prompts x " + std::to_string(params.num_images_per_prompt) +
+                          " images per prompt = " + std::to_string(batch_size(params)) +
+                          " images, more than the " + std::to_string(kMaxBatch) + " one call may make");
   if (!std::isfinite(params.guidance_scale)) throw InvalidArgument("guidance scale must be a finite number");
   if (!std::isfinite(params.aesthetic_score)) throw InvalidArgument("aesthetic score must be a finite number");
   if (!params.masking_schedule.empty() && params.masking_schedule != "cosine" && params.masking_schedule != "linear")
@@ -366,6 +373,9 @@ void Pipeline::Impl::check_size(int width, int height) const {
                           " is not a positive multiple of the VQ scale factor " + std::to_string(scale) +
                           " (try " + std::to_string(std::max<int64_t>(scale, width / scale * scale)) + "x" +
                           std::to_string(std::max<int64_t>(scale, height / scale * scale)) + ")");
+  if (width > kMaxImageSide || height > kMaxImageSide)
+    throw InvalidArgument("image size " + std::to_string(width) + "x" + std::to_string(height) + " is over the " +
+                          std::to_string(kMaxImageSide) + " pixels per side limit");
   if (transformer->config().downsample && ((height / scale) % 2 != 0 || (width / scale) % 2 != 0))
     throw InvalidArgument("this model down-samples its token grid by 2: width and height must be multiples of " +
                           std::to_string(2 * scale) + ", got " + std::to_string(width) + "x" +

@@ -124,6 +124,12 @@ inline uint64_t random_seed() {
   return ((static_cast<uint64_t>(rd()) << 32) | rd()) & ((1ull << 53) - 1);
 }
 
+// Upper bounds of a request, checked before anything is encoded or allocated: beyond them a
+// request describes no useful generation and would only exhaust memory or time.
+inline constexpr int kMaxImageSide = 4096;     // pixels per side
+inline constexpr int kMaxSteps = 1000;         // denoising steps
+inline constexpr int64_t kMaxBatch = 256;      // prompts x images per prompt
+
 // Number of rows of the conditioning batch (images) for these parameters.
 inline int64_t batch_size(const GenerationParams& p) {
   return static_cast<int64_t>(p.prompts.size()) * p.num_images_per_prompt;

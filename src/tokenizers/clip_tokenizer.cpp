@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
@@ -55,6 +56,11 @@ const std::unordered_map<char32_t, unsigned char>& byte_decoder() {
   }();
   return dec;
 }
+
+// Token ids are kept far from int64 overflow (new ids are allocated after the largest one).
+constexpr int64_t kMaxTokenId = std::numeric_limits<int32_t>::max();
+
+bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 std::string read_text_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -131,6 +137,7 @@ struct ClipTokenizer::Impl {
   std::unordered_map<std::string, int64_t> added_encoder;
   std::unordered_map<int64_t, size_t> added_by_id;
 
+  bool added_token_with_space = false;  // disables the prefix shortcut of encode_truncatable
   int64_t bos_id = 0, eos_id = 0, pad_id = 0, unk_id = 0;
   int64_t max_length = 77;
   bool clean_up_spaces = true;
@@ -278,9 +285,10 @@ std::shared_ptr<ClipTokenizer> ClipTokenizer::from_folder(const fs::path& tokeni
                       vocab.type_name());
   impl->encoder.reserve(vocab.size());
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer())
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
       throw ConfigError("tokenizer file '" + vocab_path.string() + "': token '" + token +
-                        "': expected an integer id, got " + id.dump());
+                        "': expected an integer id in [0, " + std::to_string(kMaxTokenId) +
+                        "], got " + id.dump());
     impl->encoder[token] = id.get<int64_t>();
     impl->decoder[id.get<int64_t>()] = token;
   }
@@ -351,6 +359,8 @@ std::shared_ptr<ClipTokenizer> ClipTokenizer::from_folder(const fs::path& tokeni
     impl->added_by_id[id] = impl->added.size();
     impl->added.push_back({spec, decode_utf8(spec.content), id});
     impl->added_encoder[spec.content] = id;
+    for (char ch : spec.content)
+      if (is_ascii_space(ch)) impl->added_token_with_space = true;
   };
   if (config.contains("added_tokens_decoder")) {
     const auto& dec = config["added_tokens_decoder"];
@@ -362,10 +372,12 @@ std::shared_ptr<ClipTokenizer> ClipTokenizer::from_folder(const fs::path& tokeni
       try {
         size_t used = 0;
         id = std::stoll(id_str, &used);
-        if (used != id_str.size()) throw std::invalid_argument(id_str);
+        if (used != id_str.size() || id < 0 || id > kMaxTokenId)
+          throw std::invalid_argument(id_str);
       } catch (const std::exception&) {
         throw ConfigError(config_path.string() +
-                          ": key 'added_tokens_decoder': expected integer ids as keys, got '" +
+                          ": key 'added_tokens_decoder': expected integer ids in [0, " +
+                          std::to_string(kMaxTokenId) + "] as keys, got '" +
                           id_str + "'");
       }
       add_token(token_spec(v, config_path.string(), "added_tokens_decoder." + id_str), id);
@@ -417,11 +429,22 @@ ClipTokenizer::~ClipTokenizer() = default;
 
 // ------------------------------------------------------------------------------------ encoding
 
+namespace {
+void check_text_size(const std::string& text) {
+  if (text.size() > ClipTokenizer::kMaxTextBytes)
+    throw InvalidArgument("prompt is " + std::to_string(text.size()) + " bytes, more than the " +
+                          std::to_string(ClipTokenizer::kMaxTextBytes >> 10) +
+                          " KiB limit (CLIP reads only the first 77 tokens; shorten the prompt)");
+}
+}  // namespace
+
 std::vector<std::string> ClipTokenizer::tokenize(const std::string& text) const {
+  check_text_size(text);
   return impl_->tokenize(text);
 }
 
 std::vector<int64_t> ClipTokenizer::encode(const std::string& text) const {
+  check_text_size(text);
   const auto tokens = impl_->tokenize(text);
   std::vector<int64_t> ids;
   ids.reserve(tokens.size() + 2);
@@ -449,9 +472,28 @@ int64_t truncate_and_pad(std::vector<int64_t>& ids, int64_t max_length, int64_t 
 }
 }  // namespace
 
+std::vector<int64_t> ClipTokenizer::encode_truncatable(const std::string& text,
+                                                       int64_t max_length) const {
+  // Truncation keeps BOS + the first max_length-2 text ids + EOS, so a long text needs only a
+  // prefix tokenized. The prefix ends just before an ASCII whitespace: every step of the
+  // tokenization (added-token split, normalisation, the CLIP split pattern, BPE) treats whitespace
+  // as a boundary, so the prefix's tokens are the first tokens of the whole text. Added tokens
+  // that contain whitespace could span the cut, so they disable the shortcut.
+  if (text.size() > kPrefixBytes && max_length >= 2 && !impl_->added_token_with_space) {
+    size_t cut = kPrefixBytes;
+    while (cut > 0 && !is_ascii_space(text[cut])) --cut;
+    if (cut > 0) {
+      std::vector<int64_t> ids = encode(text.substr(0, cut));
+      // BOS + ids + EOS: enough when the text ids alone reach the truncation length.
+      if (static_cast<int64_t>(ids.size()) - 2 >= max_length - 2) return ids;
+    }
+  }
+  return encode(text);
+}
+
 std::vector<int64_t> ClipTokenizer::encode_padded(const std::string& text,
                                                   int64_t max_length) const {
-  std::vector<int64_t> ids = encode(text);
+  std::vector<int64_t> ids = encode_truncatable(text, max_length);
   truncate_and_pad(ids, max_length, impl_->eos_id, impl_->pad_id);
   return ids;
 }
@@ -462,7 +504,7 @@ TokenizedBatch ClipTokenizer::encode_batch(const std::vector<std::string>& texts
   b.batch_size = static_cast<int64_t>(texts.size());
   b.max_length = max_length;
   for (const auto& t : texts) {
-    std::vector<int64_t> ids = encode(t);
+    std::vector<int64_t> ids = encode_truncatable(t, max_length);
     const int64_t used = truncate_and_pad(ids, max_length, impl_->eos_id, impl_->pad_id);
     b.input_ids.insert(b.input_ids.end(), ids.begin(), ids.end());
     for (int64_t i = 0; i < max_length; ++i) b.attention_mask.push_back(i < used ? 1 : 0);
