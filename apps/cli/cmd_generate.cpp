@@ -79,6 +79,12 @@ int run(const GenerateArgs& a) {
   const fs::path out_dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
   if (!fs::is_directory(out_dir))
     throw amused::InvalidArgument("--output: folder '" + out_dir.string() + "' does not exist (create it first)");
+  // Caught here rather than after minutes of generation (or after the images were written).
+  if (fs::is_directory(output))
+    throw amused::InvalidArgument("--output '" + a.output + "' is a folder, expected the path of a .png file");
+  if (!a.save_tokens.empty() && fs::is_directory(a.save_tokens))
+    throw amused::InvalidArgument("--save-tokens '" + a.save_tokens +
+                                  "' is a folder, expected the path of a .safetensors file");
   if (!a.save_tokens.empty()) {
     const fs::path tp(a.save_tokens);
     const fs::path td = tp.has_parent_path() ? tp.parent_path() : fs::path(".");

@@ -566,8 +566,8 @@ std::vector<std::string> parse_shard_index(std::string_view json_text, const std
     if (s.empty() || s.find_first_of(std::string("/\\\0", 3)) != std::string::npos || s == "." ||
         s == "..")
       // dump() escapes the name: an embedded NUL would otherwise cut the message short.
-      throw CheckpointError("shard index '" + source + "': weight_map[" + json(key).dump() + "] = " + json(s).dump() +
-                            " is not a file name in the same folder");
+      throw CheckpointError("shard index '" + source + "': weight_map[" + json(key).dump() +
+                            "] = " + json(s).dump() + " is not a file name in the same folder");
     shards.insert(s);
   }
   return {shards.begin(), shards.end()};
@@ -576,7 +576,8 @@ std::vector<std::string> parse_shard_index(std::string_view json_text, const std
 std::vector<std::string> read_shard_index(const fs::path& path) {
   std::error_code ec;
   const auto size = fs::file_size(path, ec);
-  if (ec) throw CheckpointError("shard index '" + path.string() + "' cannot be read: " + ec.message());
+  if (ec)
+    throw CheckpointError("shard index '" + path.string() + "' cannot be read: " + ec.message());
   if (size > kMaxJsonFileBytes)
     throw CheckpointError("shard index '" + path.string() + "' is " + std::to_string(size) +
                           " bytes, more than the " + std::to_string(kMaxJsonFileBytes >> 20) +

@@ -70,9 +70,7 @@ nlohmann::json UVit2DConfig::to_json() const {
 }
 
 void UVit2DConfig::validate(const std::string& source) const {
-  auto positive = [&](const char* key, int64_t v) {
-    config_check_size(v, source, key);
-  };
+  auto positive = [&](const char* key, int64_t v) { config_check_size(v, source, key); };
   positive("hidden_size", hidden_size);
   positive("cond_embed_dim", cond_embed_dim);
   positive("micro_cond_encode_dim", micro_cond_encode_dim);

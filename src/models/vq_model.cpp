@@ -68,9 +68,7 @@ json VQModelConfig::to_json() const {
 }
 
 void VQModelConfig::validate(const std::string& source) const {
-  auto positive = [&](const char* key, int64_t v) {
-    config_check_size(v, source, key);
-  };
+  auto positive = [&](const char* key, int64_t v) { config_check_size(v, source, key); };
   positive("in_channels", in_channels);
   positive("out_channels", out_channels);
   positive("layers_per_block", layers_per_block);

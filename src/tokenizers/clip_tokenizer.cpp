@@ -377,8 +377,7 @@ std::shared_ptr<ClipTokenizer> ClipTokenizer::from_folder(const fs::path& tokeni
       } catch (const std::exception&) {
         throw ConfigError(config_path.string() +
                           ": key 'added_tokens_decoder': expected integer ids in [0, " +
-                          std::to_string(kMaxTokenId) + "] as keys, got '" +
-                          id_str + "'");
+                          std::to_string(kMaxTokenId) + "] as keys, got '" + id_str + "'");
       }
       add_token(token_spec(v, config_path.string(), "added_tokens_decoder." + id_str), id);
     }

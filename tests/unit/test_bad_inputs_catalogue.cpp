@@ -298,8 +298,13 @@ TEST(BadInputsCatalogue, Flags) {
       {"output folder missing", "generate -m '{M}' -p x -o '{D}/sub/out.png'", 1, "does not exist"},
       {"save-tokens folder missing", g + " --save-tokens '{D}/sub/t.safetensors'", 1,
        "does not exist"},
-      {"output is a folder", "generate -m '{M}' -p x --steps 2 -o '{T}/dir.png'", 1, "dir.png",
+      {"output is a folder", "generate -m '{M}' -p x --steps 2 -o '{T}/dir.png'", 1, "is a folder",
        [](auto&, auto& t) { fs::create_directories(t / "dir.png"); }},
+      // The good out.png must survive a request whose second output cannot be written.
+      {"save-tokens is a folder", g + " --save-tokens '{D}/tokens.safetensors'", 1, "is a folder",
+       [](auto&, auto& t) {
+         fs::create_directories(t.parent_path() / "out" / "tokens.safetensors");
+       }},
   });
 }
 

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Seed corpora for the libFuzzer targets in fuzz/ (nothing here is committed but this script).
+
+    python3 fuzz/make_corpus.py OUT_DIR [GOLDEN_DIR]
+
+Writes OUT_DIR/<target>/seed-*: valid files (from the golden folder, or generated here),
+truncated and bit-flipped variants. Deterministic (fixed random seed); well under 2 MB in all.
+"""
+import json
+import os
+import random
+import struct
+import sys
+import zlib
+
+rng = random.Random(1234)
+
+
+def variants(data, n_cut=3, n_flip=4):
+    """The data, a few truncations, and a few copies with random bit flips."""
+    out = [data]
+    for k in range(1, n_cut + 1):
+        out.append(data[: len(data) * k // (n_cut + 1)])
+    for _ in range(n_flip):
+        b = bytearray(data)
+        for _ in range(1 + len(b) // 512):
+            if b:
+                i = rng.randrange(len(b))
+                b[i] ^= 1 << rng.randrange(8)
+        out.append(bytes(b))
+    return out
+
+
+def write(out_dir, target, items):
+    d = os.path.join(out_dir, target)
+    os.makedirs(d, exist_ok=True)
+    for i, data in enumerate(items):
+        with open(os.path.join(d, "seed-%03d" % i), "wb") as f:
+            f.write(data)
+
+
+# ------------------------------------------------------------------ safetensors
+DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+          "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors(entries, metadata=None, align=8):
+    header, blob = {}, b""
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dtype, shape in entries:
+        n = DTYPES[dtype]
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(blob), len(blob) + n]}
+        blob += bytes(rng.randrange(256) for _ in range(n))
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % align)
+    return struct.pack("<Q", len(h)) + h + blob
+
+
+def safetensors_seeds(golden):
+    seeds = []
+    seeds += variants(safetensors([(d.lower(), d, [2, 3]) for d in DTYPES], {"format": "pt"}))
+    seeds += variants(safetensors([("scalar", "F32", []), ("empty", "F16", [0, 4])]))
+    seeds.append(safetensors([("odd", "F32", [3])], align=1))  # unaligned data
+    seeds.append(b"\x10\x00\x00\x00\x00\x00\x00\x00{}              ")
+    seeds.append(b"\xff" * 8 + b"{}")  # absurd header length
+    path = os.path.join(golden, "cases", "rng_probe.safetensors")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            seeds += variants(f.read())
+    return seeds
+
+
+# ------------------------------------------------------------------ configs
+def config_seeds(golden):
+    seeds = []
+    for root, _, files in sorted(os.walk(os.path.join(golden, "models"))) + sorted(
+            os.walk(os.path.join(golden, "full-configs"))):
+        for name in sorted(files):
+            if name.endswith(".json") and name != "vocab.json":
+                with open(os.path.join(root, name), "rb") as f:
+                    seeds += variants(f.read(), n_cut=1, n_flip=1)
+    index = {"metadata": {"total_size": 123},
+             "weight_map": {"a.weight": "model-00001-of-00002.safetensors",
+                            "b.weight": "model-00002-of-00002.safetensors"}}
+    seeds += variants(json.dumps(index).encode())
+    seeds.append(b'{"weight_map": {"a": "../escape.safetensors"}}')
+    seeds.append(b'{"hidden_size": 1e300, "num_hidden_layers": 16.0, "_class_name": "UVit2DModel"}')
+    seeds.append(b"[" * 200 + b"]" * 200)
+    return seeds
+
+
+# ------------------------------------------------------------------ tokenizer
+SEP = b"\n#~~~#\n"
+
+
+def tokenizer_seeds(golden):
+    seeds = []
+    manifest = os.path.join(golden, "manifest.json")
+    prompts = ["a photo of a cat", "<|startoftext|>x<|endoftext|>", "caf\u00e9 \u6771\u4eac"]
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            for case in json.load(f)["cases"]:
+                if case.get("kind") == "tokenizer":
+                    prompts += [p["prompt"] for p in case.get("prompts", [])]
+    prompts = sorted(set(prompts))
+    for i, p in enumerate(prompts):
+        seeds.append(bytes([0 if i % 2 else 2]) + p.encode("utf-8"))
+    seeds.append(b"\x02" + b"\xff\xfe\xc3(\xe2\x82" + "\u0301\u200d\U0001F600".encode())
+    # A tokenizer folder: a cut-down vocabulary and merges from the golden tokenizer.
+    tok = os.path.join(golden, "models", "tiny-a", "tokenizer")
+    if os.path.exists(os.path.join(tok, "vocab.json")):
+        with open(os.path.join(tok, "vocab.json"), encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(os.path.join(tok, "merges.txt"), encoding="utf-8") as f:
+            merges = f.read().split("\n")[:120]
+        keep = {k: v for k, v in vocab.items() if v < 300 or k in ("<|startoftext|>", "<|endoftext|>")}
+        parts = [json.dumps(keep).encode(), "\n".join(merges).encode()]
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            with open(os.path.join(tok, name), "rb") as f:
+                parts.append(f.read())
+        folder = SEP.join(parts)
+        seeds += [b"\x01" + v for v in variants(folder, n_cut=2, n_flip=3)]
+    seeds.append(b"\x01" + SEP.join([b'{"a": 0, "b": 2147483647}', b"#version\na b",
+                                     b'{"added_tokens_decoder": {"2147483647": "x"}}', b"{}"]))
+    return seeds
+
+
+# ------------------------------------------------------------------ images
+def png(width, height, color_type, bit_depth, rows, palette=None):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth,
+                                                         color_type, 0, 0, 0))
+    if palette:
+        out += chunk(b"PLTE", palette)
+    out += chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + r for r in rows)))
+    return out + chunk(b"IEND", b"")
+
+
+def bmp(width, height):
+    row = bytes(rng.randrange(256) for _ in range(width * 3))
+    row += b"\x00" * (-len(row) % 4)
+    pixels = row * height
+    header = b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+def image_seeds(golden):
+    seeds = []
+    rnd = lambda n: bytes(rng.randrange(256) for _ in range(n))
+    seeds += variants(png(5, 4, 2, 8, [rnd(15) for _ in range(4)]))  # RGB
+    seeds += variants(png(3, 3, 6, 8, [rnd(12) for _ in range(3)]), n_cut=1, n_flip=2)  # RGBA
+    seeds += variants(png(4, 2, 0, 1, [rnd(1) for _ in range(2)]), n_cut=1, n_flip=2)  # 1-bit grey
+    seeds += variants(png(2, 2, 4, 16, [rnd(8) for _ in range(2)]), n_cut=1, n_flip=2)  # grey+a 16
+    seeds += variants(png(3, 2, 3, 8, [bytes([0, 1, 2]), bytes([2, 1, 0])], palette=rnd(9)),
+                      n_cut=1, n_flip=2)  # palette
+    seeds.append(png(100000, 100000, 2, 8, []))  # claims 10 gigapixels
+    seeds += variants(bmp(3, 2))
+    # JPEGs: Python's own test images (baseline and progressive), else a header-only stub.
+    import glob
+    jpegs = sorted(glob.glob(os.path.join(sys.prefix, "lib", "python3*", "test", "**", "*.jpg"),
+                             recursive=True))
+    jpegs = [j for j in jpegs if os.path.getsize(j) < 64 << 10][:2]
+    for cand in jpegs:
+        with open(cand, "rb") as f:
+            seeds += variants(f.read(), n_cut=2, n_flip=2)
+    seeds.append(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9")
+    return seeds
+
+
+def main():
+    out = sys.argv[1]
+    golden = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "golden")
+    write(out, "safetensors", safetensors_seeds(golden))
+    write(out, "config", config_seeds(golden))
+    write(out, "tokenizer", tokenizer_seeds(golden))
+    write(out, "image", image_seeds(golden))
+
+
+if __name__ == "__main__":
+    main()
