@@ -43,12 +43,7 @@ int run(const BenchArgs& a) {
     if (cuda) ceil_f16 = amused::measure_matmul_gflops("float16", a.device);
   }
 
-  amused::LoadOptions lo;
-  lo.device = a.device;
-  lo.dtype = a.dtype;
-  lo.threads = a.threads;
-  lo.variant = a.variant;
-  lo.offline = a.offline;
+  amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
   lo.random_weights = a.random_weights;
   lo.tokenizer_dir = a.tokenizer;
   const auto t_load = std::chrono::steady_clock::now();

@@ -133,12 +133,7 @@ int run(const GenerateArgs& a) {
   }
 
   const bool show_progress = !a.quiet && !a.json && amused::cli::stderr_is_tty();
-  amused::LoadOptions lo;
-  lo.device = a.device;
-  lo.dtype = a.dtype;
-  lo.threads = a.threads;
-  lo.variant = a.variant;
-  lo.offline = a.offline;
+  amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
   amused::cli::ProgressBar download_bar(show_progress, "download ");
   lo.download_progress = [&](const std::string&, uint64_t done, uint64_t total) {
     download_bar.update(static_cast<double>(done) / (1 << 20), static_cast<double>(total) / (1 << 20));

@@ -72,12 +72,7 @@ int run(const ServeArgs& a) {
                                   std::to_string(a.max_body_mb));
   install_signal_handlers();
 
-  amused::LoadOptions lo;
-  lo.device = a.device;
-  lo.dtype = a.dtype;
-  lo.threads = a.threads;
-  lo.variant = a.variant;
-  lo.offline = a.offline;
+  amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
   auto pipe = amused::Pipeline::load(a.model, lo);
   if (g_signal) return 0;  // interrupted while loading
 

@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "amused/pipeline.h"
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,6 +29,18 @@ struct Registrar {
     registry().push_back({std::move(name), std::move(description), std::move(setup)});
   }
 };
+
+// The model options generate, serve and bench share, as library load options.
+inline amused::LoadOptions load_options(const std::string& device, const std::string& dtype, int threads,
+                                        const std::string& variant, bool offline) {
+  amused::LoadOptions lo;
+  lo.device = device;
+  lo.dtype = dtype;
+  lo.threads = threads;
+  lo.variant = variant;
+  lo.offline = offline;
+  return lo;
+}
 
 // True when stdout / stderr is a terminal (progress bars only then).
 bool stdout_is_tty();

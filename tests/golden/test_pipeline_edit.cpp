@@ -28,19 +28,6 @@ amused::Image mask_from(const torch::Tensor& f) {
   return image_from(f[0].permute({1, 2, 0}).mul(255).round().to(torch::kUInt8));  // [1, H, W] -> [H, W, 1]
 }
 
-torch::Tensor tokens_tensor(const std::vector<amused::TokenGrid>& grids) {
-  std::vector<torch::Tensor> ts;
-  for (const auto& g : grids) ts.push_back(torch::tensor(g.ids, torch::kInt64).reshape({g.height, g.width}));
-  return torch::stack(ts);
-}
-
-torch::Tensor images_tensor(const std::vector<amused::Image>& images) {
-  std::vector<torch::Tensor> ts;
-  for (const auto& im : images)
-    ts.push_back(torch::from_blob(const_cast<uint8_t*>(im.pixels.data()), {im.height, im.width, 3}, torch::kUInt8).clone());
-  return torch::stack(ts);
-}
-
 void fill_common(amused::GenerationParams& p, const json& args) {
   p.prompts = {args.at("prompt").get<std::string>()};
   if (args.contains("guidance_scale")) p.guidance_scale = args["guidance_scale"].get<double>();

@@ -46,19 +46,6 @@ amused::TextToImageParams params_from(const json& args) {
   return p;
 }
 
-torch::Tensor tokens_tensor(const std::vector<amused::TokenGrid>& grids) {
-  std::vector<torch::Tensor> ts;
-  for (const auto& g : grids) ts.push_back(torch::tensor(g.ids, torch::kInt64).reshape({g.height, g.width}));
-  return torch::stack(ts);
-}
-
-torch::Tensor images_tensor(const std::vector<amused::Image>& images) {
-  std::vector<torch::Tensor> ts;
-  for (const auto& im : images)
-    ts.push_back(torch::from_blob(const_cast<uint8_t*>(im.pixels.data()), {im.height, im.width, 3}, torch::kUInt8).clone());
-  return torch::stack(ts);
-}
-
 class PipelineT2I : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PipelineT2I, MatchesReference) {

@@ -158,6 +158,19 @@ std::string index_string(const torch::Tensor& t, int64_t flat) {
   return ::testing::AssertionFailure() << name << ": unknown tolerance kind '" << kind << "'";
 }
 
+torch::Tensor tokens_tensor(const std::vector<amused::TokenGrid>& grids) {
+  std::vector<torch::Tensor> ts;
+  for (const auto& g : grids) ts.push_back(torch::tensor(g.ids, torch::kInt64).reshape({g.height, g.width}));
+  return torch::stack(ts);
+}
+
+torch::Tensor images_tensor(const std::vector<amused::Image>& images) {
+  std::vector<torch::Tensor> ts;
+  for (const auto& im : images)
+    ts.push_back(torch::from_blob(const_cast<uint8_t*>(im.pixels.data()), {im.height, im.width, 3}, torch::kUInt8).clone());
+  return torch::stack(ts);
+}
+
 TempDir::TempDir() {
   std::random_device rd;
   path_ = fs::temp_directory_path() / ("amused-test-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));

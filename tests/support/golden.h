@@ -50,6 +50,10 @@ inline amused::LoadOptions reference_options() {
   return o;
 }
 
+// Pipeline results as tensors: token grids -> int64 [B, h, w]; RGB images -> uint8 [B, H, W, 3].
+torch::Tensor tokens_tensor(const std::vector<amused::TokenGrid>& grids);
+torch::Tensor images_tensor(const std::vector<amused::Image>& images);
+
 // A fresh empty temporary folder, removed by the destructor.
 class TempDir {
  public:
