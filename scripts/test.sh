@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (installing packages if needed) and runs the test suite, as CI does.
-#   bash scripts/test.sh            # default suite (everything but the `slow` label)
-#   bash scripts/test.sh -L slow    # extra ctest arguments, e.g. only the slow full-size tests
+#   bash scripts/test.sh            # the whole suite, the full-size `slow` tests included (~80 s of it)
+#   bash scripts/test.sh -LE slow   # extra ctest arguments, e.g. without the slow full-size tests
+#   bash scripts/test.sh -L slow    # or only them
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${BUILD_DIR:-$here/build}"
@@ -10,5 +11,7 @@ cd "$build_dir"
 if (($#)); then
   ctest --output-on-failure "$@"
 else
+  # Unit and golden tests in parallel, then the full-size ones alone (each uses all cores and GBs).
   ctest --output-on-failure -LE slow -j "$(nproc)"
+  ctest --output-on-failure -L slow
 fi
