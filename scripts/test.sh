@@ -11,7 +11,6 @@ cd "$build_dir"
 if (($#)); then
   ctest --output-on-failure "$@"
 else
-  # Unit and golden tests in parallel, then the full-size ones alone (each uses all cores and GBs).
-  ctest --output-on-failure -LE slow -j "$(nproc)"
-  ctest --output-on-failure -L slow
+  # Unit and golden tests in parallel; the full-size `slow` ones run alone (RUN_SERIAL).
+  ctest --output-on-failure -j "$(nproc)"
 fi
