@@ -22,10 +22,7 @@ void set_mode(torch::nn::Module& m, int mode) {
   }
   if (mode == 1) {
     amused::io::LoadOptions o;
-    o.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
-      if (p.dim() >= 2 && key.find("norm") == std::string::npos) return torch::kBFloat16;
-      return std::nullopt;
-    };
+    o.dtype_for = amused::io::mixed_bfloat16_dtype;
     amused::io::convert_parameters(m, o);
   }
 }

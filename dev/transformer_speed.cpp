@@ -23,11 +23,7 @@ int main(int argc, char** argv) {
   m->to(dt);
   if (dtype == "mixed") {
     amused::io::LoadOptions o;
-    o.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
-      if (p.dim() >= 2 && key.find("norm") == std::string::npos && key.rfind("mlm_layer", 0) != 0)
-        return torch::kBFloat16;
-      return std::nullopt;
-    };
+    o.dtype_for = amused::io::mixed_bfloat16_dtype;
     amused::io::convert_parameters(*m, o);
   }
   m->eval();

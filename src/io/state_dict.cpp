@@ -29,6 +29,13 @@ torch::ScalarType target_dtype(const std::string& key, const torch::Tensor& targ
 }
 }  // namespace
 
+std::optional<torch::ScalarType> mixed_bfloat16_dtype(const std::string& key, const torch::Tensor& param) {
+  const bool keep = key.find("norm") != std::string::npos || key.rfind("mlm_layer", 0) == 0 ||
+                    key.rfind("quantize.", 0) == 0;
+  if (param.dim() >= 2 && !keep) return torch::kBFloat16;
+  return std::nullopt;
+}
+
 StateDict module_state_dict(const torch::nn::Module& module) {
   StateDict out;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) out.emplace(p.key(), p.value());

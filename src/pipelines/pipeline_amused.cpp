@@ -254,17 +254,10 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   // fast 16-bit kernels and half the memory; norms, the residual stream and every other activation
   // in float32, which keeps the sampled tokens faithful to the float32 reference (docs/numerics.md).
   // The logits head and the VQ codebook stay float32 (they decide tokens directly).
-  std::function<std::optional<torch::ScalarType>(const std::string&, const torch::Tensor&)> mixed;
   if (impl->device.is_cpu() && impl->dtype == torch::kBFloat16) {
     impl->dtype = torch::kFloat32;
     lo.dtype = torch::kFloat32;
-    mixed = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
-      const bool keep = key.find("norm") != std::string::npos || key.rfind("mlm_layer", 0) == 0 ||
-                        key.rfind("quantize.", 0) == 0;
-      if (p.dim() >= 2 && !keep) return torch::kBFloat16;
-      return std::nullopt;
-    };
-    lo.dtype_for = mixed;
+    lo.dtype_for = io::mixed_bfloat16_dtype;
   }
   // Weights from the component's files, or (benchmarks) random ones in the requested dtype/device.
   auto fill = [&](torch::nn::Module& module, const std::string& name, const io::LoadOptions& o,

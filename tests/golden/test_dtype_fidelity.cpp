@@ -138,11 +138,7 @@ TEST(DtypeFidelitySlow, FullSizeTransformerLogits) {
   auto src = f32->named_parameters();
   for (auto& p : mixed->named_parameters()) p.value().copy_(src[p.key()]);
   amused::io::LoadOptions o;
-  o.dtype_for = [](const std::string& key, const torch::Tensor& p) -> std::optional<torch::ScalarType> {
-    if (p.dim() >= 2 && key.find("norm") == std::string::npos && key.rfind("mlm_layer", 0) != 0)
-      return torch::kBFloat16;
-    return std::nullopt;
-  };
+  o.dtype_for = amused::io::mixed_bfloat16_dtype;
   amused::io::convert_parameters(*mixed, o);
   auto ids = torch::randint(0, cfg.codebook_size, {2, 16, 16});
   ids.index_put_({ids.lt(cfg.codebook_size / 2)}, cfg.vocab_size - 1);  // about half masked
