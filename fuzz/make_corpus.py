@@ -172,6 +172,55 @@ def image_seeds(golden):
     return seeds
 
 
+# ------------------------------------------------------------------ server requests
+def server_request_seeds():
+    """Byte 0: endpoint (0 generations, 1 edits, 2 jobs) + 4 for a multipart form; then the body
+    (fuzz_server_request.cpp describes the multipart encoding)."""
+    import base64
+    rnd = lambda n: bytes(rng.randrange(256) for _ in range(n))
+    image = png(16, 16, 2, 8, [rnd(48) for _ in range(16)])
+    mask = png(16, 16, 0, 8, [bytes([255 if x > 7 else 0 for x in range(16)]) for _ in range(16)])
+    b64 = lambda b: base64.b64encode(b).decode()
+    full = {"prompt": "a red fox", "negative_prompt": "blurry", "n": 2, "size": "256x256",
+            "response_format": "b64_json", "model": "amused-256", "user": "u", "steps": 12,
+            "guidance_scale": 10.0, "seed": 42, "temperature": [2, 0], "aesthetic_score": 6,
+            "crop_coord": [0, 0], "masking_schedule": "cosine"}
+    edit = {"prompt": "a cat", "image": b64(image), "mask": "data:image/png;base64," + b64(mask),
+            "strength": 0.7, "steps": 4, "temperature": 1.5}
+    bodies = [
+        (0, json.dumps({"prompt": "a photo of an astronaut"})),
+        (0, json.dumps(full)),
+        (2, json.dumps(full)),
+        (1, json.dumps(edit)),
+        (2, json.dumps(edit)),
+        (1, json.dumps({"prompt": "x", "image": b64(image)})),
+        (0, '{"prompt": "caf\u00e9", "size": "auto", "seed": 18446744073709551615}'),
+        (0, '{"prompt": "x", "n": 1e400, "steps": -1, "unknown": true}'),
+        (0, '[1, 2, 3]'),
+        (0, '{"prompt": "x", "temperature": "2,0", "crop_coord": [1.5, 2]}'),
+    ]
+    seeds = []
+    for kind, body in bodies:
+        seeds += variants(bytes([kind]) + body.encode(), n_cut=1, n_flip=1)
+
+    def form(parts):
+        return b"\n--part--\n".join(
+            name + b"\n" + filename + b"\n" + ctype + b"\n" + content
+            for name, filename, ctype, content in parts)
+    forms = [
+        (4 + 1, [(b"prompt", b"", b"", b"a red fox"), (b"image", b"in.png", b"image/png", image),
+                 (b"mask", b"mask.png", b"image/png", mask), (b"n", b"", b"", b"2"),
+                 (b"strength", b"", b"", b"0.5"), (b"size", b"", b"", b"256x256")]),
+        (4 + 2, [(b"prompt", b"", b"", b"x"), (b"seed", b"", b"", b"-3"),
+                 (b"steps", b"", b"", b"12"), (b"temperature", b"", b"", b"2,0")]),
+        (4 + 0, [(b"prompt", b"", b"", b"x"), (b"prompt", b"", b"", b"y")]),
+        (4 + 1, [(b"prompt", b"", b"", b"caf\xc3\xa9"), (b"image", b"\xff.png", b"", image)]),
+    ]
+    for kind, parts in forms:
+        seeds += variants(bytes([kind]) + form(parts), n_cut=1, n_flip=2)
+    return seeds
+
+
 def main():
     out = sys.argv[1]
     golden = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
@@ -180,6 +229,7 @@ def main():
     write(out, "config", config_seeds(golden))
     write(out, "tokenizer", tokenizer_seeds(golden))
     write(out, "image", image_seeds(golden))
+    write(out, "server_request", server_request_seeds())
 
 
 if __name__ == "__main__":

@@ -353,8 +353,13 @@ std::optional<ApiError> attach_images(const std::optional<std::string>& image_by
 }  // namespace
 
 nlohmann::json ApiError::to_json() const {
-  json e = {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}};
-  if (!param.empty()) e["param"] = param;
+  // Messages and params may quote what the client sent (a form field's name, a cut-off value):
+  // make them valid UTF-8, which a JSON body must be (nlohmann::json::dump throws otherwise).
+  json e = {{"message", utf8_sanitized(message)},
+            {"type", type},
+            {"param", nullptr},
+            {"code", nullptr}};
+  if (!param.empty()) e["param"] = utf8_sanitized(param);
   if (!code.empty()) e["code"] = code;
   return {{"error", e}};
 }
@@ -381,40 +386,63 @@ std::optional<std::pair<int, int>> parse_size(const std::string& size) {
   return std::make_pair(w, h);
 }
 
+namespace {
+// Length of the well-formed UTF-8 sequence at s[i], 0 when there is none.
+size_t utf8_sequence_length(const std::string& s, size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  size_t len = 0;
+  uint32_t cp = 0;
+  if (c < 0x80) {
+    return 1;
+  } else if ((c & 0xE0) == 0xC0) {
+    len = 2;
+    cp = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3;
+    cp = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4;
+    cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (i + len > s.size()) return 0;
+  for (size_t k = 1; k < len; ++k) {
+    const auto d = static_cast<unsigned char>(s[i + k]);
+    if ((d & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (d & 0x3F);
+  }
+  // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
+  if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+      (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+    return 0;
+  return len;
+}
+}  // namespace
+
 bool is_valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t len = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = cp << 6 | (d & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
-      return false;
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = utf8_sequence_length(s, i);
+    if (len == 0) return false;
     i += len;
   }
   return true;
+}
+
+std::string utf8_sanitized(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = utf8_sequence_length(s, i);
+    if (len == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+      ++i;
+    } else {
+      out.append(s, i, len);
+      i += len;
+    }
+  }
+  return out;
 }
 
 Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoint,
@@ -453,6 +481,13 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
   static const std::set<std::string> kIntegers = {"n", "steps", "seed"};
   static const std::set<std::string> kNumbers = {"guidance_scale", "aesthetic_score", "strength"};
   for (const auto& f : fields) {
+    // Names are echoed in errors: refuse long or non-UTF-8 ones before anything else.
+    if (f.name.size() > 64 || !is_valid_utf8(f.name))
+      return invalid("",
+                     "unknown form field '" + utf8_sanitized(f.name.substr(0, 64)) +
+                         (f.name.size() > 64 ? "...'" : "'") +
+                         " (field names are the JSON body's parameter names)",
+                     "unknown_parameter");
     if (!seen.insert(f.name).second)
       return invalid(f.name, "'" + f.name + "' is given more than once", "duplicate_parameter");
     if (f.name == "image" || f.name == "mask") {

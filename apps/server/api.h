@@ -115,4 +115,7 @@ std::optional<std::pair<int, int>> parse_size(const std::string& size);
 // True when `s` is well-formed UTF-8.
 bool is_valid_utf8(const std::string& s);
 
+// `s` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD.
+std::string utf8_sanitized(const std::string& s);
+
 }  // namespace amused::server

@@ -33,7 +33,8 @@ int64_t unix_now() {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Replacement characters rather than an exception should any string be invalid UTF-8.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 void send_error(httplib::Response& res, const ApiError& e) {
@@ -208,8 +209,7 @@ struct Server::Impl {
   void finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job) {
     switch (queue->status(job)) {
       case JobStatus::Succeeded:
-        res.status = 200;
-        res.set_content(job->result->dump(), "application/json");
+        send_json(res, 200, *job->result);
         return;
       case JobStatus::Cancelled:
         if (stopping)

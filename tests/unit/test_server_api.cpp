@@ -483,6 +483,47 @@ TEST(ServerApi, SizeAndUtf8Helpers) {
     EXPECT_FALSE(amused::server::is_valid_utf8(bad));
 }
 
+TEST(ServerApi, Utf8Sanitized) {
+  using amused::server::utf8_sanitized;
+  EXPECT_EQ(utf8_sanitized("plain, café, ☕, 🐱"), "plain, café, ☕, 🐱");
+  EXPECT_EQ(utf8_sanitized("a\xff" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(utf8_sanitized("caf\xc3"), "caf\xEF\xBF\xBD");  // cut inside a character
+  for (const char* bad :
+       {"\xff", "\xc3", "\xc3\x28", "\xe2\x82", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"})
+    EXPECT_TRUE(amused::server::is_valid_utf8(utf8_sanitized(bad))) << bad;
+}
+
+// Found by fuzz_server_request: a multipart field name (or a value cut at 64 bytes inside a
+// character) that is not UTF-8 was quoted in the error message, and serialising the error threw
+// nlohmann::json's type_error 316 instead of answering 400.
+TEST(ServerApi, ErrorsQuotingBrokenUtf8StillSerialise) {
+  RequestLimits limits;
+  auto error_of = [](const amused::server::Parsed<amused::server::ImageRequest>& p) {
+    EXPECT_TRUE(std::holds_alternative<ApiError>(p));
+    return std::holds_alternative<ApiError>(p) ? std::get<ApiError>(p) : ApiError{};
+  };
+  std::vector<FormField> bad_name = {{"prompt", "x", "", ""}, {"prom\x90\x8b\xf5", "1", "", ""}};
+  ApiError e = error_of(parse_multipart_request(bad_name, Endpoint::Edits, limits));
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.code, "unknown_parameter");
+  EXPECT_NO_THROW(e.to_json().dump());
+  EXPECT_NE(e.to_json().dump().find("unknown form field"), std::string::npos);
+  std::vector<FormField> dup = {{"\xff", "a", "", ""}, {"\xff", "b", "", ""}};
+  EXPECT_NO_THROW(error_of(parse_multipart_request(dup, Endpoint::Jobs, limits)).to_json().dump());
+  std::vector<FormField> long_name = {{std::string(100000, 'a'), "1", "", ""}};
+  e = error_of(parse_multipart_request(long_name, Endpoint::Jobs, limits));
+  EXPECT_LT(e.message.size(), 200u);
+  // 63 ASCII bytes then a two-byte character: the quoted 64-byte prefix ends inside it.
+  std::vector<FormField> cut = {{"prompt", "x", "", ""}, {"steps", std::string(63, '1') + "é", "", ""}};
+  e = error_of(parse_multipart_request(cut, Endpoint::Jobs, limits));
+  EXPECT_EQ(e.param, "steps");
+  EXPECT_NO_THROW(e.to_json().dump());
+  // The error shape itself, whatever a caller put in it.
+  ApiError raw = amused::server::invalid("\xc3", "bad \xff value");
+  EXPECT_EQ(raw.to_json()["error"]["message"], "bad \xEF\xBF\xBD value");
+  EXPECT_NO_THROW(raw.to_json().dump());
+}
+
 TEST(ServerApi, MutatedBodiesNeverThrow) {
   // A small in-process fuzz: byte flips, truncations and splices of valid bodies must give a
   // request or an ApiError, never an exception.
