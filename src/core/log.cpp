@@ -1,13 +1,29 @@
 #include "core/log.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <mutex>
 
 namespace amused::log {
 namespace {
 std::mutex g_mutex;
 Sink g_sink;
-Level g_min = Level::Info;
+
+// AMUSED_LOG=debug|info|warning|error sets the starting level (default info).
+Level initial_level() {
+  const char* env = std::getenv("AMUSED_LOG");
+  if (!env) return Level::Info;
+  const std::string v = env;
+  if (v == "debug") return Level::Debug;
+  if (v == "warning" || v == "warn") return Level::Warn;
+  if (v == "error") return Level::Error;
+  if (v != "info" && !v.empty())
+    std::fprintf(stderr, "amused: warning: AMUSED_LOG=%s is not one of debug, info, warning, error; using info\n",
+                 env);
+  return Level::Info;
+}
+Level g_min = initial_level();
 
 const char* level_name(Level l) {
   switch (l) {

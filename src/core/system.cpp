@@ -5,6 +5,8 @@
 #include <sys/resource.h>
 
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <chrono>
 #include <vector>
 #include <fstream>
@@ -49,6 +51,24 @@ double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+double current_rss_mib() { return rss_breakdown_mib().total; }
+
+RssBreakdown rss_breakdown_mib() {
+  RssBreakdown r;
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  auto field = [&](const char* key, double& out) {
+    const size_t n = std::strlen(key);
+    if (line.compare(0, n, key) == 0) out = std::strtod(line.c_str() + n, nullptr) / 1024.0;  // kB
+  };
+  while (std::getline(status, line)) {
+    field("VmRSS:", r.total);
+    field("RssAnon:", r.anonymous);
+    field("RssFile:", r.file);
+  }
+  return r;
 }
 
 double peak_cuda_memory_mib() {

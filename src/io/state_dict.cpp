@@ -30,8 +30,11 @@ torch::ScalarType target_dtype(const std::string& key, const torch::Tensor& targ
 }  // namespace
 
 std::optional<torch::ScalarType> mixed_bfloat16_dtype(const std::string& key, const torch::Tensor& param) {
-  const bool keep = key.find("norm") != std::string::npos || key.rfind("mlm_layer", 0) == 0 ||
-                    key.rfind("quantize.", 0) == 0;
+  // Normalisation parameters (the ConvNeXt blocks' GlobalResponseNorm gamma/beta are 4-D) stay
+  // float32; the adaptive norms' modulation projections (`normN.linear.weight`, 138M of the
+  // U-ViT's 604M parameters) are ordinary matrix weights and go to bfloat16 like the others.
+  const bool norm_param = key.find("norm") != std::string::npos && !ends_with(key, ".linear.weight");
+  const bool keep = norm_param || key.rfind("mlm_layer", 0) == 0 || key.rfind("quantize.", 0) == 0;
   if (param.dim() >= 2 && !keep) return torch::kBFloat16;
   return std::nullopt;
 }
@@ -59,7 +62,7 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
       mismatched.push_back(key + ": checkpoint " + shape_str(t.sizes()) + ", model " + shape_str(it->second.sizes()));
   }
   for (const auto& [key, _] : targets) {
-    if (state_dict.count(key)) continue;
+    if (options.partial || state_dict.count(key)) continue;
     bool allowed = false;
     for (const auto& a : options.allowed_missing) allowed = allowed || a == key;
     if (!allowed) missing.push_back(key);
@@ -75,7 +78,7 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
   torch::NoGradGuard no_grad;
   for (auto& [key, target] : targets) {
     auto it = state_dict.find(key);
-    if (it == state_dict.end()) continue;
+    if (it == state_dict.end() || (options.defer && options.defer(key))) continue;
     const torch::Tensor& src = it->second;
     const auto want_dtype = target_dtype(key, target, options);
     const auto want_device = options.device ? *options.device : target.device();
@@ -91,6 +94,7 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
 void convert_parameters(torch::nn::Module& module, const LoadOptions& options) {
   torch::NoGradGuard no_grad;
   for (auto& [key, target] : module_state_dict(module)) {
+    if (options.defer && options.defer(key)) continue;
     const auto want_dtype = target_dtype(key, target, options);
     const auto want_device = options.device ? *options.device : target.device();
     if (target.scalar_type() != want_dtype || target.device() != want_device)

@@ -30,6 +30,12 @@ struct LoadOptions {
   // Per-key dtype (takes precedence over `dtype` for floating-point tensors when it returns a
   // value), e.g. 16-bit matrix weights with float32 norms for mixed precision.
   std::function<std::optional<torch::ScalarType>(const std::string& key, const torch::Tensor& param)> dtype_for;
+  // Keys for which `defer` returns true are checked like the others (present, right shape) but
+  // neither loaded nor converted: their parameters keep the module's untouched storage until a
+  // later call with `partial` loads them (e.g. the VQ encoder, needed only to edit images).
+  std::function<bool(const std::string& key)> defer;
+  // Loads just the keys the state dict has; the module's other parameters are not checked.
+  bool partial = false;
 };
 
 // `source` names the checkpoint (file path) in error messages.

@@ -243,11 +243,20 @@ torch::Tensor VQModelImpl::decode_tokens(const torch::Tensor& ids) {
 }
 
 void VQModelImpl::init_weights() {
+  init_encoder_weights();
+  init_decoder_weights();
+}
+void VQModelImpl::init_encoder_weights() {
   encoder->init_weights();
   quant_conv->reset_parameters();
+}
+void VQModelImpl::init_decoder_weights() {
   quantize->init_weights();
   post_quant_conv->reset_parameters();
   decoder->init_weights();
+}
+bool VQModelImpl::is_encoder_key(const std::string& key) {
+  return key.rfind("encoder.", 0) == 0 || key.rfind("quant_conv.", 0) == 0;
 }
 
 // ---------------------------------------------------------------------------------------------

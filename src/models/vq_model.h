@@ -98,6 +98,12 @@ class VQModelImpl : public torch::nn::Module {
 
   // PyTorch's default initialisation (+ the codebook's U(-1/n, 1/n)), for random-weight runs.
   void init_weights();
+  // The same for the encode path (encoder, quant_conv) or the rest (codebook, decode path).
+  void init_encoder_weights();
+  void init_decoder_weights();
+  // True for the state-dict keys of the encode path ("encoder.*", "quant_conv.*"): only image
+  // editing needs them, so the pipeline loads them on first use.
+  static bool is_encoder_key(const std::string& key);
 
   const VQModelConfig& config() const { return config_; }
   int64_t scale_factor() const { return config_.scale_factor(); }

@@ -23,12 +23,15 @@ namespace {
 // Mixed precision: a 16-bit weight with a wider input computes the product in the weight's dtype
 // (the 16-bit matrix kernels) and returns the input's dtype; the bias is added in that dtype.
 bool mixed(const torch::Tensor& x, const torch::Tensor& w) { return x.scalar_type() != w.scalar_type(); }
+// `y` is always a fresh tensor here (the cast of the 16-bit product), so the bias goes in in place:
+// autograd saves neither the cast's output nor an addition's operands, and inference saves one
+// activation-sized temporary per layer.
 torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias, int64_t channel_dim) {
   if (!bias.defined()) return y;
-  if (channel_dim == -1) return y + bias.to(y.scalar_type());
+  if (channel_dim == -1) return y.add_(bias.to(y.scalar_type()));
   std::vector<int64_t> shape(static_cast<size_t>(y.dim()), 1);
   shape[static_cast<size_t>(channel_dim)] = bias.size(0);
-  return y + bias.to(y.scalar_type()).reshape(shape);
+  return y.add_(bias.to(y.scalar_type()).reshape(shape));
 }
 }  // namespace
 
@@ -45,12 +48,21 @@ Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p,
   if (has_bias) bias = register_parameter("bias", torch::empty({out}));
 }
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
-  if (mixed(x, weight))
-    return add_bias(torch::conv2d(x.to(weight.scalar_type()), weight, {}, {stride, stride}, {padding, padding},
-                                  {1, 1}, groups)
-                        .to(x.scalar_type()),
-                    bias, 1);
+  if (mixed(x, weight)) return forward_from_weight_dtype(x.to(weight.scalar_type()), x.scalar_type());
   return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
+}
+torch::Tensor Conv2dImpl::forward_owned(torch::Tensor x) {
+  if (!mixed(x, weight)) return forward(x);
+  const auto out_dtype = x.scalar_type();
+  torch::Tensor low = x.to(weight.scalar_type());
+  x = torch::Tensor();
+  return forward_from_weight_dtype(low, out_dtype);
+}
+torch::Tensor Conv2dImpl::forward_from_weight_dtype(const torch::Tensor& x, torch::ScalarType out_dtype) {
+  if (out_dtype == weight.scalar_type())
+    return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
+  return add_bias(
+      torch::conv2d(x, weight, {}, {stride, stride}, {padding, padding}, {1, 1}, groups).to(out_dtype), bias, 1);
 }
 void Conv2dImpl::reset_parameters() { default_init(weight, bias, in_channels / groups * kernel_size * kernel_size); }
 

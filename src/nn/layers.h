@@ -27,6 +27,13 @@ class Conv2dImpl : public torch::nn::Module {
   Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
              int64_t padding = 0, int64_t groups = 1, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // Mixed precision with the input already in the weight's dtype (e.g. up-sampled after the cast,
+  // which is exact for nearest up-sampling and halves that copy): the result in `out_dtype`, as
+  // forward(x_in_out_dtype) returns it.
+  torch::Tensor forward_from_weight_dtype(const torch::Tensor& x, torch::ScalarType out_dtype);
+  // forward() for an input the caller gives up (std::move): with mixed precision its wide copy is
+  // released as soon as the 16-bit one exists, before the convolution allocates its output.
+  torch::Tensor forward_owned(torch::Tensor x);
   void reset_parameters();
   int64_t in_channels, out_channels, kernel_size, stride, padding, groups;
   torch::Tensor weight, bias;

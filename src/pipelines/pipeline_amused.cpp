@@ -3,6 +3,8 @@
 // Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
 #include "pipelines/pipeline_amused.h"
 
+#include <malloc.h>
+
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -10,15 +12,34 @@
 #include <random>
 
 #include "core/log.h"
+#include "core/memory.h"
 #include "core/threads.h"
 #include "io/diffusers_repo.h"
 #include "io/state_dict.h"
 #include "models/flops.h"
 #include "nn/cond_cache.h"
 #include "amused/image_io.h"
+#include "amused/system.h"
 
 namespace amused {
 namespace {
+// AMUSED_LOG=debug: what each phase took and the resident memory after it (dev/rss_timeline.py
+// shows the whole curve).
+void log_phase(const std::string& what, double seconds) {
+  if (log::min_level() > log::Level::Debug) return;
+  const RssBreakdown rss = rss_breakdown_mib();
+  char buf[240];
+  int n = std::snprintf(buf, sizeof buf, "%s: %.3f s, RSS %.0f MiB (anonymous %.0f, files %.0f; peak %.0f)",
+                        what.c_str(), seconds, rss.total, rss.anonymous, rss.file, peak_rss_mib());
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+  // The allocator's view: live heap blocks and free ones (resident or not).
+  const struct mallinfo2 mi = mallinfo2();
+  if (n > 0 && static_cast<size_t>(n) < sizeof buf)
+    std::snprintf(buf + n, sizeof buf - n, ", malloc: in use %.0f MiB, free %.0f MiB",
+                  (mi.uordblks + mi.hblkhd) / 1048576.0, mi.fordblks / 1048576.0);
+#endif
+  log::debug(buf);
+}
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -108,6 +129,7 @@ PromptEmbeddings Pipeline::Impl::encode_prompts(const std::vector<std::string>& 
   e.pooled_text_emb = out.text_embeds.index_select(0, sel);                      // [B, P]
   sync();
   timings.text_encoder_s += seconds_since(t0);
+  log_phase("text encoder (" + std::to_string(distinct.size()) + " distinct prompts)", seconds_since(t0));
   return e;
 }
 
@@ -171,6 +193,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
     timings.scheduler_s += seconds_since(t_sched);
     const double step_s = seconds_since(t_step);
     timings.step_s.push_back(step_s);
+    log_phase("step " + std::to_string(i + 1) + "/" + std::to_string(n), step_s);
     if (req.progress) {
       StepInfo info{i - req.start_step + 1, to_run, step_s, seconds_since(loop_start)};
       if (!req.progress(info))
@@ -183,6 +206,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
 
 torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timings) {
   const auto t0 = Clock::now();
+  release_free_memory();  // what the denoising loop freed, before the decoder's larger tensors (core/memory.h)
   std::vector<torch::Tensor> images;
   for (int64_t b = 0; b < latents.size(0); ++b) {
     // The VQ-GAN runs in float32 whatever the pipeline dtype (the reference's force_upcast).
@@ -190,7 +214,9 @@ torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timi
     images.push_back(img.to(torch::kCPU));
   }
   sync();
+  release_free_memory();
   timings.vq_decode_s += seconds_since(t0);
+  log_phase("VQ decode", seconds_since(t0));
   return torch::cat(images);
 }
 
@@ -241,6 +267,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   ro.variant = options.variant;
   ro.progress = options.download_progress;
   io::DiffusersRepo repo = io::DiffusersRepo::open(model, ro);
+  log_phase("model folder resolved", seconds_since(t0));
 
   torch::NoGradGuard no_grad;
   impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty()
@@ -280,6 +307,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
                                          config_source("text_encoder", "config.json"));
     impl->text_encoder = CLIPTextModelWithProjection(cfg);
     fill(*impl->text_encoder, "text_encoder", lo, [&] { impl->text_encoder->init_weights(); });
+    log_phase("text encoder loaded", seconds_since(t0));
   }
   {
     auto cfg =
@@ -287,6 +315,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     impl->sample_size = cfg.sample_size;
     impl->transformer = UVit2DModel(cfg);
     fill(*impl->transformer, "transformer", lo, [&] { impl->transformer->init_weights(); });
+    log_phase("transformer loaded", seconds_since(t0));
   }
   {
     auto cfg = VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
@@ -296,7 +325,30 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     // force_upcast: the VQ-GAN's activations stay float32 (with mixed precision its convolution
     // weights are 16-bit like the other models').
     vq_lo.dtype = torch::kFloat32;
-    fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_weights(); });
+    // The encode path is checked now but loaded on the first edit (load_vq_encoder).
+    vq_lo.defer = models::VQModelImpl::is_encoder_key;
+    io::LoadOptions enc_lo = vq_lo;  // for the deferred part: only the encode path's keys
+    enc_lo.defer = [](const std::string& key) { return !models::VQModelImpl::is_encoder_key(key); };
+    enc_lo.partial = true;
+    Pipeline::Impl* m = impl.get();
+    if (options.random_weights) {
+      fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_decoder_weights(); });
+      impl->vq_encoder_loader = [m, enc_lo] {
+        io::convert_parameters(*m->vqvae, enc_lo);
+        m->vqvae->init_encoder_weights();
+      };
+    } else {
+      io::StateDict weights = repo.component_weights("vqvae");
+      const std::string source = repo.component_dir("vqvae").string();
+      io::load_state_dict(*impl->vqvae, weights, source, vq_lo);
+      impl->vqvae->eval();
+      io::StateDict encoder_weights;
+      for (auto& [key, t] : weights)
+        if (models::VQModelImpl::is_encoder_key(key)) encoder_weights.emplace(key, t);
+      impl->vq_encoder_loader = [m, enc_lo, source, w = std::move(encoder_weights)] {
+        io::load_state_dict(*m->vqvae, w, source, enc_lo);
+      };
+    }
   }
   impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
                                                             config_source("scheduler", "scheduler_config.json"));
@@ -323,7 +375,9 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   s.transformer_parameters = count(*impl->transformer);
   s.vq_parameters = count(*impl->vqvae);
   s.text_encoder_parameters = count(*impl->text_encoder);
+  release_free_memory();  // conversion buffers
   s.load_seconds = seconds_since(t0);
+  log_phase("load (" + s.dtype + ")", s.load_seconds);
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 
@@ -412,7 +466,18 @@ Image Pipeline::Impl::prepare_input_image(const Image& image, std::optional<int>
   return resize_image(image, w, h);
 }
 
+void Pipeline::Impl::load_vq_encoder() {
+  std::call_once(vq_encoder_once, [this] {
+    const auto t0 = Clock::now();
+    torch::NoGradGuard no_grad;
+    if (vq_encoder_loader) vq_encoder_loader();
+    vq_encoder_loader = nullptr;  // releases the mapped checkpoint
+    log_phase("VQ encoder loaded", seconds_since(t0));
+  });
+}
+
 torch::Tensor Pipeline::Impl::encode_image_tokens(const Image& image) {
+  load_vq_encoder();
   // HWC uint8 -> [1, 3, H, W] float32 in [0, 1] (/255, no [-1, 1] normalisation, as the reference).
   auto pixels = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, 3},
                                  torch::kUInt8)

@@ -3,6 +3,9 @@
 // Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
 #pragma once
 
+#include <functional>
+#include <mutex>
+
 #include <torch/torch.h>
 
 #include <chrono>
@@ -64,6 +67,11 @@ struct Pipeline::Impl {
   CLIPTextModelWithProjection text_encoder{nullptr};
   UVit2DModel transformer{nullptr};
   VQModel vqvae{nullptr};
+  // The VQ encoder (encode path) is loaded on the first image edit: text-to-image never needs it
+  // (112 MiB of bfloat16 weights for amused-256). load_vq_encoder does it once, thread-safely.
+  std::function<void()> vq_encoder_loader;
+  std::once_flag vq_encoder_once;
+  void load_vq_encoder();
   AmusedSchedulerConfig scheduler_config;
   int64_t vq_scale_factor = 16;
   int64_t sample_size = 16;

@@ -6,6 +6,7 @@
 
 #include "amused/image_io.h"
 #include "amused/pipeline.h"
+#include "pipelines/pipeline_amused.h"
 #include "support/golden.h"
 
 namespace {
@@ -58,6 +59,44 @@ TEST_P(PipelineEdit, MatchesReference) {
   ASSERT_TRUE(matches_descriptor(tokens_tensor(r.tokens), c["outputs"]["final_tokens"], "final_tokens"));
   EXPECT_TRUE(matches_descriptor(images_tensor(r.images), c["outputs"]["images_uint8"], "images_uint8"));
   EXPECT_EQ(r.timings.step_s.size(), static_cast<size_t>(c["num_steps_run"].get<int>()));
+}
+
+// The VQ encoder is loaded on the first edit, not at load time nor by text-to-image; an edit after
+// other work still matches the reference, and mixed precision gives its weights the same dtypes
+// as loading them up front would.
+TEST(PipelineEditLazyEncoder, LoadedOnFirstEditOnly) {
+  AMUSED_REQUIRE_GOLDEN();
+  const auto cases = golden_cases_of_kind("pipeline_i2i");
+  ASSERT_FALSE(cases.empty());
+  const json& c = cases.front();
+  const json& args = c["call_args"];
+  auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), reference_options());
+  auto& m = pipe->impl();
+  EXPECT_TRUE(static_cast<bool>(m.vq_encoder_loader));
+  amused::TextToImageParams t2i;
+  t2i.prompts = {"a red fox"};
+  t2i.num_inference_steps = 2;
+  t2i.seed = 1;
+  pipe->text_to_image(t2i);
+  EXPECT_TRUE(static_cast<bool>(m.vq_encoder_loader)) << "text-to-image loaded the VQ encoder";
+  amused::ImageToImageParams p;
+  fill_common(p, args);
+  p.image = image_from(golden_tensor(c["inputs"]["image_uint8"]));
+  p.strength = args.value("strength", 0.5);
+  const auto r = pipe->image_to_image(p);
+  EXPECT_FALSE(static_cast<bool>(m.vq_encoder_loader));
+  EXPECT_TRUE(matches_descriptor(tokens_tensor(r.tokens), c["outputs"]["final_tokens"], "final_tokens"));
+
+  amused::LoadOptions bf16;
+  bf16.dtype = "bfloat16";
+  auto mixed = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), bf16);
+  mixed->image_to_image(p);
+  for (const auto& item : mixed->impl().vqvae->named_parameters()) {
+    const std::string& key = item.key();
+    const torch::Tensor& param = item.value();
+    const bool matrix = param.dim() >= 2 && key.rfind("quantize.", 0) != 0;
+    EXPECT_EQ(param.scalar_type(), matrix ? torch::kBFloat16 : torch::kFloat32) << key;
+  }
 }
 
 std::vector<std::string> edit_case_ids() {

@@ -44,6 +44,47 @@ TEST(LoadStateDict, ReportsMissingUnexpectedAndWrongShapes) {
   }
 }
 
+TEST(LoadStateDict, DeferredKeysAreCheckedNowAndLoadedLater) {
+  auto is_b = [](const std::string& key) { return key.rfind("b.", 0) == 0; };
+  amused::io::StateDict sd{{"a.weight", torch::randn({4, 3})},
+                           {"a.bias", torch::randn({4})},
+                           {"b.weight", torch::randn({2, 4})}};
+  amused::io::LoadOptions first;
+  first.defer = is_b;
+  first.dtype = torch::kBFloat16;
+  {
+    // A deferred key is still checked: wrong shape or absent fails at the first load.
+    TwoLayers m;
+    amused::io::StateDict bad = sd;
+    bad["b.weight"] = torch::randn({2, 5});
+    EXPECT_THROW(amused::io::load_state_dict(m, bad, "x", first), amused::CheckpointError);
+    bad.erase("b.weight");
+    EXPECT_THROW(amused::io::load_state_dict(m, bad, "x", first), amused::CheckpointError);
+  }
+  TwoLayers m;
+  const auto b_before = m.b->weight.data_ptr();
+  amused::io::load_state_dict(m, sd, "x", first);
+  EXPECT_EQ(m.a->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(m.b->weight.scalar_type(), torch::kFloat32);  // untouched: neither loaded nor converted
+  EXPECT_EQ(m.b->weight.data_ptr(), b_before);
+  amused::io::convert_parameters(m, first);  // convert_parameters honours defer too
+  EXPECT_EQ(m.b->weight.scalar_type(), torch::kFloat32);
+  // The later, partial load: just the deferred keys; the others are neither required nor touched.
+  amused::io::LoadOptions later;
+  later.partial = true;
+  later.dtype = torch::kBFloat16;
+  const auto a_before = m.a->weight.data_ptr();
+  amused::io::load_state_dict(m, {{"b.weight", sd["b.weight"]}}, "x", later);
+  EXPECT_EQ(m.b->weight.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(m.b->weight, sd["b.weight"].to(torch::kBFloat16)));
+  EXPECT_EQ(m.a->weight.data_ptr(), a_before);
+  // partial still refuses unknown keys and wrong shapes.
+  EXPECT_THROW(amused::io::load_state_dict(m, {{"c.weight", torch::randn({1})}}, "x", later),
+               amused::CheckpointError);
+  EXPECT_THROW(amused::io::load_state_dict(m, {{"b.weight", torch::randn({3, 4})}}, "x", later),
+               amused::CheckpointError);
+}
+
 TEST(ConfigReader, ReadsTypedFieldsAndChecksClass) {
   auto j = nlohmann::json::parse(R"({"_class_name":"UVit2DModel","hidden_size":32,"eps":1e-6,"name":"x",
                                     "down":true,"list":[1,2],"opt":null,"extra":1})");
