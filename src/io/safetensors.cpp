@@ -260,7 +260,8 @@ torch::Tensor SafeTensorsFile::get(const std::string& key) const {
       return torch::from_blob(ptr, ti.shape, [keep](void*) {}, opts);
     }
     auto out = torch::empty(ti.shape, opts);
-    std::memcpy(out.data_ptr(), ptr, static_cast<size_t>(numel) * d->size);
+    // An empty tensor has no storage (data_ptr() is null): memcpy(nullptr, .., 0) is undefined.
+    if (numel > 0) std::memcpy(out.data_ptr(), ptr, static_cast<size_t>(numel) * d->size);
     return out;
   }
   // Converted copies for dtypes LibTorch lacks.

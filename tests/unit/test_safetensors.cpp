@@ -108,6 +108,23 @@ TEST(SafeTensors, ConvertsNonNativeDtypes) {
   EXPECT_EQ(f->get("e5").item<float>(), 1.0f);
 }
 
+// Found by fuzz_safetensors (UBSan): an empty tensor at an offset its dtype's alignment does not
+// allow took the copying path, which called memcpy on the empty copy's null data pointer.
+TEST(SafeTensors, EmptyTensorsAtMisalignedOffsets) {
+  // A 9-byte header (9 % 4 != 0 puts the data area off 4-byte alignment), then 4 bytes of data.
+  const std::string h = R"({"one":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                        R"("empty":{"dtype":"F32","shape":[0,4],"data_offsets":[1,1]}})";
+  for (const std::string& pad : {std::string(""), std::string(" "), std::string("  "), std::string("   ")}) {
+    TempDir tmp;
+    write_bytes(tmp / "x.safetensors", with_header(h + pad, std::string(1, '\x07')));
+    auto f = SafeTensorsFile::open(tmp / "x.safetensors");
+    const auto empty = f->get("empty");
+    EXPECT_EQ(empty.sizes(), (std::vector<int64_t>{0, 4}));
+    EXPECT_EQ(empty.scalar_type(), torch::kFloat32);
+    EXPECT_EQ(f->get("one").item<int64_t>(), 7);
+  }
+}
+
 TEST(SafeTensors, RejectsCorruptHeaders) {
   const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
   const std::string data(8, '\0');
