@@ -26,6 +26,14 @@ torch::Tensor apply_activation(const std::string& act_fn, const torch::Tensor& x
 
 // Ref: diffusers ResnetBlock2D with temb_channels=None, time_embedding_norm "default", pre_norm,
 // output_scale_factor 1, conv_shortcut (1x1, with bias) only when in != out channels.
+// conv(act(norm(x))). In inference with a 16-bit convolution weight and wider activations, the
+// normalised activations are made a few groups at a time straight into the 16-bit copy the
+// convolution reads, so the full-size float32 normalised tensor never exists (64 MiB at the last
+// stage of a 256x256 decode); GroupNorm's statistics are per group, so the result is the same.
+// Otherwise (training, float32) the plain sequence.
+torch::Tensor norm_act_conv(nn::GroupNorm& norm, const std::string& act_fn, nn::Conv2d& conv,
+                            const torch::Tensor& x);
+
 class ResnetBlock2DImpl : public torch::nn::Module {
  public:
   ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t groups, double eps,
