@@ -47,6 +47,30 @@ torch::Tensor apply_activation(const std::string& act_fn, const torch::Tensor& x
   throw Unsupported("act_fn '" + act_fn + "' is not supported");
 }
 
+torch::Tensor norm_act_conv(nn::GroupNorm& norm, const std::string& act_fn, nn::Conv2d& conv,
+                            const torch::Tensor& x) {
+  const auto w_dtype = conv->weight.scalar_type();
+  const bool low_weight = w_dtype == torch::kBFloat16 || w_dtype == torch::kFloat16;
+  const int64_t groups = norm->num_groups;
+  const int64_t chunk_groups = groups / 4;
+  if (!low_weight || x.scalar_type() == w_dtype || !may_work_in_place() || x.dim() != 4 ||
+      !norm->weight.defined() || norm->weight.scalar_type() != x.scalar_type() || chunk_groups < 1) {
+    auto h = apply_activation(act_fn, norm(x), /*may_overwrite_input=*/true);
+    return conv->forward_owned(std::move(h));
+  }
+  const int64_t per_group = x.size(1) / groups;
+  auto low = torch::empty(x.sizes(), x.options().dtype(w_dtype));
+  for (int64_t g0 = 0; g0 < groups; g0 += chunk_groups) {
+    const int64_t g = std::min(chunk_groups, groups - g0);
+    const int64_t c0 = g0 * per_group, c = g * per_group;
+    auto h = torch::group_norm(x.narrow(1, c0, c), g, norm->weight.narrow(0, c0, c),
+                               norm->bias.narrow(0, c0, c), norm->eps);
+    h = apply_activation(act_fn, h, /*may_overwrite_input=*/true);
+    low.narrow(1, c0, c).copy_(h);
+  }
+  return conv->forward_from_weight_dtype(low, x.scalar_type());
+}
+
 // ---------------------------------------------------------------------------------------------
 ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in, int64_t out, int64_t groups, double eps,
                                      std::string act)
@@ -59,13 +83,9 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in, int64_t out, int64_t groups, do
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input_tensor) {
-  auto hidden_states = norm1(input_tensor);
-  hidden_states = apply_activation(non_linearity, hidden_states, /*may_overwrite_input=*/true);
-  hidden_states = conv1->forward_owned(std::move(hidden_states));
-  hidden_states = norm2(hidden_states);
-  hidden_states = apply_activation(non_linearity, hidden_states, /*may_overwrite_input=*/true);
+  auto hidden_states = norm_act_conv(norm1, non_linearity, conv1, input_tensor);
   // dropout(p=0) is the identity.
-  hidden_states = conv2->forward_owned(std::move(hidden_states));
+  hidden_states = norm_act_conv(norm2, non_linearity, conv2, hidden_states);
 
   const auto shortcut = conv_shortcut ? conv_shortcut(input_tensor) : input_tensor;
   // (input_tensor + hidden_states) / output_scale_factor, with output_scale_factor = 1.
@@ -249,9 +269,8 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor& input) {
   auto sample = conv_in(input);
   for (auto& down_block : down_blocks) sample = down_block(sample);
   sample = mid_block(sample);
-  sample = conv_norm_out(sample);
-  sample = apply_activation("silu", sample, /*may_overwrite_input=*/true);  // conv_act = nn.SiLU()
-  return conv_out->forward_owned(std::move(sample));
+  // norm_type "group": conv_norm_out is a plain GroupNorm; conv_act = nn.SiLU().
+  return norm_act_conv(conv_norm_out, "silu", conv_out, sample);
 }
 
 void EncoderImpl::init_weights() {
@@ -296,10 +315,8 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input) {
     // at 256x256, a few ms). Training keeps its activations for backward anyway.
     if (!torch::GradMode::is_enabled()) release_free_memory();
   }
-  // norm_type "group": latent_embeds is None, so conv_norm_out is a plain GroupNorm.
-  sample = conv_norm_out(sample);
-  sample = apply_activation("silu", sample, /*may_overwrite_input=*/true);  // conv_act = nn.SiLU()
-  return conv_out->forward_owned(std::move(sample));
+  // norm_type "group": latent_embeds is None, so conv_norm_out is a plain GroupNorm; conv_act = nn.SiLU().
+  return norm_act_conv(conv_norm_out, "silu", conv_out, sample);
 }
 
 void DecoderImpl::init_weights() {
