@@ -93,6 +93,20 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& input_tensor) {
   return shortcut + hidden_states;
 }
 
+torch::Tensor ResnetBlock2DImpl::forward_owned(torch::Tensor input_tensor) {
+  const auto in_dtype = input_tensor.scalar_type();
+  const bool low_shortcut = conv_shortcut && may_work_in_place() &&
+                            conv_shortcut->weight.scalar_type() != in_dtype &&
+                            (conv_shortcut->weight.scalar_type() == torch::kBFloat16 ||
+                             conv_shortcut->weight.scalar_type() == torch::kFloat16);
+  if (!low_shortcut) return forward(input_tensor);
+  auto shortcut_low = conv_shortcut->product_in_weight_dtype(input_tensor.to(conv_shortcut->weight.scalar_type()));
+  auto hidden_states = norm_act_conv(norm1, non_linearity, conv1, input_tensor);
+  input_tensor = torch::Tensor();  // the caller gave it up: freed here
+  hidden_states = norm_act_conv(norm2, non_linearity, conv2, hidden_states);
+  return hidden_states.add_(conv_shortcut->finish_product(shortcut_low, in_dtype));
+}
+
 void ResnetBlock2DImpl::init_weights() {
   norm1->reset_parameters();
   conv1->reset_parameters();
@@ -185,9 +199,8 @@ UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(int64_t in_channels, int64_t out_chan
   }
 }
 
-torch::Tensor UpDecoderBlock2DImpl::forward(const torch::Tensor& input) {
-  auto hidden_states = input;
-  for (auto& resnet : resnets) hidden_states = resnet(hidden_states);
+torch::Tensor UpDecoderBlock2DImpl::forward(torch::Tensor hidden_states) {
+  for (auto& resnet : resnets) hidden_states = resnet->forward_owned(std::move(hidden_states));
   for (auto& upsampler : upsamplers) hidden_states = upsampler(hidden_states);
   return hidden_states;
 }
@@ -309,7 +322,7 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input) {
   auto sample = conv_in(input);
   sample = mid_block(sample);
   for (auto& up_block : up_blocks) {
-    sample = up_block(sample);
+    sample = up_block(std::move(sample));
     // Inference: each up block's activations are 4x larger than the last's and rarely fit the
     // holes freed before; handing the freed pages back keeps them from piling up (-80 MiB peak
     // at 256x256, a few ms). Training keeps its activations for backward anyway.

@@ -39,6 +39,10 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t groups, double eps,
                     std::string non_linearity);
   torch::Tensor forward(const torch::Tensor& input_tensor);
+  // forward() for an input the caller gives up (std::move). In inference with 16-bit weights and a
+  // 1x1 shortcut, the shortcut's 16-bit product is taken first and the input released before the
+  // main path, so the full-size input and the main path's tensors never coexist. Same result.
+  torch::Tensor forward_owned(torch::Tensor input_tensor);
   void init_weights();
 
   int64_t in_channels, out_channels;
@@ -93,7 +97,8 @@ class UpDecoderBlock2DImpl : public torch::nn::Module {
   UpDecoderBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t num_layers,
                        double resnet_eps, const std::string& resnet_act_fn, int64_t resnet_groups,
                        bool add_upsample);
-  torch::Tensor forward(const torch::Tensor& hidden_states);
+  // By value: the decoder hands its activation over (see ResnetBlock2DImpl::forward_owned).
+  torch::Tensor forward(torch::Tensor hidden_states);
   void init_weights();
 
   std::vector<ResnetBlock2D> resnets;  // "resnets.{i}"

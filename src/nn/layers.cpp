@@ -61,8 +61,13 @@ torch::Tensor Conv2dImpl::forward_owned(torch::Tensor x) {
 torch::Tensor Conv2dImpl::forward_from_weight_dtype(const torch::Tensor& x, torch::ScalarType out_dtype) {
   if (out_dtype == weight.scalar_type())
     return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
-  return add_bias(
-      torch::conv2d(x, weight, {}, {stride, stride}, {padding, padding}, {1, 1}, groups).to(out_dtype), bias, 1);
+  return finish_product(product_in_weight_dtype(x), out_dtype);
+}
+torch::Tensor Conv2dImpl::product_in_weight_dtype(const torch::Tensor& x_low) {
+  return torch::conv2d(x_low, weight, {}, {stride, stride}, {padding, padding}, {1, 1}, groups);
+}
+torch::Tensor Conv2dImpl::finish_product(const torch::Tensor& y_low, torch::ScalarType out_dtype) {
+  return add_bias(y_low.to(out_dtype), bias, 1);
 }
 void Conv2dImpl::reset_parameters() { default_init(weight, bias, in_channels / groups * kernel_size * kernel_size); }
 

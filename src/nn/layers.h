@@ -34,6 +34,10 @@ class Conv2dImpl : public torch::nn::Module {
   // forward() for an input the caller gives up (std::move): with mixed precision its wide copy is
   // released as soon as the 16-bit one exists, before the convolution allocates its output.
   torch::Tensor forward_owned(torch::Tensor x);
+  // The two halves of forward_from_weight_dtype, for callers that hold the (smaller) 16-bit
+  // product a while: the product in the weight's dtype without bias, then the cast and bias.
+  torch::Tensor product_in_weight_dtype(const torch::Tensor& x_low);
+  torch::Tensor finish_product(const torch::Tensor& y_low, torch::ScalarType out_dtype);
   void reset_parameters();
   int64_t in_channels, out_channels, kernel_size, stride, padding, groups;
   torch::Tensor weight, bias;

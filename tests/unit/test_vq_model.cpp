@@ -197,16 +197,25 @@ TEST(VQModelMixed, InferencePathEqualsTheAutogradPath) {
   amused::io::convert_parameters(*up, o);
   ASSERT_EQ(block->conv1->weight.scalar_type(), torch::kBFloat16);
   ASSERT_EQ(block->norm1->weight.scalar_type(), torch::kFloat32);
+  // A whole up block: resnets with a shortcut (64 -> 32 channels) handed their input, up-sampling.
+  amused::models::UpDecoderBlock2D up_block(64, 32, 2, 1e-6, "silu", 32, true);
+  for (auto& p : up_block->parameters()) p.detach().uniform_(-0.2, 0.2);
+  amused::io::convert_parameters(*up_block, o);
   for (int64_t batch : {1, 2}) {
     const auto x = torch::randn({batch, 64, 12, 10});
-    torch::Tensor fast, plain;
+    torch::Tensor fast, fast_owned, fast_block, plain, plain_block;
     {
       torch::NoGradGuard g;
       fast = up(block(x));
+      fast_owned = up(block->forward_owned(x.clone()));
+      fast_block = up_block(x.clone());
     }
     plain = up(block(x)).detach();
+    plain_block = up_block(x).detach();
     EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
     EXPECT_TRUE(torch::equal(fast, plain)) << "batch " << batch << ": max diff "
                                            << (fast - plain).abs().max().item<float>();
+    EXPECT_TRUE(torch::equal(fast_owned, plain)) << "batch " << batch;
+    EXPECT_TRUE(torch::equal(fast_block, plain_block)) << "batch " << batch;
   }
 }
