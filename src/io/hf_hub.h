@@ -13,6 +13,8 @@
 // Ref: huggingface_hub/file_download.py (hf_hub_download), huggingface_hub/constants.py.
 #pragma once
 
+#include "io/sha256.h"  // Sha256, sha256_file (checksums of downloads)
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -97,21 +99,5 @@ bool is_shard_index(const std::string& file);
 std::vector<std::string> parse_shard_index(std::string_view json_text, const std::string& source);
 // Reads the file (size limits of read_json_file) and parses it as above.
 std::vector<std::string> read_shard_index(const std::filesystem::path& path);
-
-// SHA-256 (FIPS 180-4), streaming.
-class Sha256 {
- public:
-  Sha256();
-  void update(const void* data, size_t size);
-  std::string hex_digest();  // finalises; lowercase 64 hex digits
-
- private:
-  void block(const uint8_t* p);
-  uint32_t h_[8];
-  uint8_t buf_[64];
-  size_t buf_len_ = 0;
-  uint64_t total_ = 0;
-};
-std::string sha256_file(const std::filesystem::path& path);
 
 }  // namespace amused::io::hub
