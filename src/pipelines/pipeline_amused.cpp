@@ -3,7 +3,9 @@
 // Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
 #include "pipelines/pipeline_amused.h"
 
-#include <malloc.h>
+#if defined(__GLIBC__)
+#include <malloc.h>  // mallinfo2, for the debug log
+#endif
 
 #include <chrono>
 #include <cmath>
