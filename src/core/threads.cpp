@@ -2,6 +2,8 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -12,6 +14,9 @@
 #include <ATen/Parallel.h>
 
 namespace amused {
+namespace {
+std::atomic<bool> g_blas_single_threaded{false};
+}  // namespace
 
 int physical_core_count() {
   // Unique (package, core) pairs from sysfs; falls back to the logical count.
@@ -35,10 +40,17 @@ int physical_core_count() {
 int configure_threads(int threads) {
   const int n = threads > 0 ? threads : physical_core_count();
   at::set_num_threads(n);
-  // OpenBLAS keeps its own pool; keep it at the same size so the two never oversubscribe.
+  // OpenBLAS's own pthread pool would compete with LibTorch's OpenMP pool for the same cores (both
+  // spin between calls), so it is kept to the calling thread; nn/matmul.h parallelises the large
+  // products over the OpenMP pool instead.
   using SetFn = void (*)(int);
-  if (auto fn = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(n);
+  if (auto fn = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    fn(1);
+    g_blas_single_threaded = true;
+  }
   return n;
 }
+
+bool blas_single_threaded() { return g_blas_single_threaded; }
 
 }  // namespace amused

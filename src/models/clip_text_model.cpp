@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
+#include "nn/matmul.h"
 
 namespace amused::models {
 using nlohmann::json;
@@ -182,7 +183,7 @@ torch::Tensor CLIPAttentionImpl::forward(const torch::Tensor& hidden_states,
   auto value_states = shape(v_proj->forward(hidden_states));
   const int64_t src_len = key_states.size(1);
 
-  auto attn_weights = torch::bmm(query_states, key_states.transpose(1, 2));  // [B*H, T, S]
+  auto attn_weights = nn::batched_matmul(query_states, key_states.transpose(1, 2));  // [B*H, T, S]
   // [B*H, T, S] -> [B, H, T, S] (+ mask [B, 1, T, S]) -> [B*H, T, S]
   attn_weights = (attn_weights.view({bsz, num_heads, tgt_len, src_len}) + causal_attention_mask)
                      .view({bsz * num_heads, tgt_len, src_len});
@@ -190,7 +191,7 @@ torch::Tensor CLIPAttentionImpl::forward(const torch::Tensor& hidden_states,
   auto attn_probs =
       torch::softmax(attn_weights, -1, torch::kFloat32).to(attn_weights.scalar_type());
   attn_probs = torch::dropout(attn_probs, dropout, is_training());
-  auto attn_output = torch::bmm(attn_probs, value_states);  // [B*H, T, D]
+  auto attn_output = nn::batched_matmul(attn_probs, value_states);  // [B*H, T, D]
   // [B*H, T, D] -> [B, H, T, D] -> [B, T, H, D] -> [B, T, C]
   attn_output = attn_output.view({bsz, num_heads, tgt_len, head_dim})
                     .transpose(1, 2)

@@ -1,6 +1,7 @@
 #include "nn/attention_processor.h"
 
 #include "nn/cond_cache.h"
+#include "nn/matmul.h"
 
 #include <cmath>
 
@@ -51,8 +52,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     auto attention_probs = (scores * scale).softmax(-1);
     out = torch::matmul(attention_probs.to(wdtype), value.to(wdtype)).to(query.scalar_type());
   } else {
-    auto attention_probs = (torch::matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
-    out = torch::matmul(attention_probs, value);
+    auto attention_probs = (batched_matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
+    out = batched_matmul(attention_probs, value);
   }
   // [B, heads, N, dim_head] -> [B, N, heads * dim_head]
   out = out.transpose(1, 2).reshape({batch_size, -1, heads * dim_head});

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "nn/matmul.h"
+
 namespace amused::nn {
 namespace {
 // PyTorch's default init for Linear/Conv: kaiming_uniform(a=sqrt(5)) for weights, U(-1/sqrt(fan_in), ..) for bias.
@@ -38,7 +40,7 @@ torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias, int64_t chann
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   if (mixed(x, weight))
     return add_bias(torch::nn::functional::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type()), bias, -1);
-  return torch::nn::functional::linear(x, weight, bias);
+  return nn::linear(x, weight, bias);
 }
 void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }
 

@@ -1,0 +1,162 @@
+#include "nn/matmul.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <dlfcn.h>
+
+#include <atomic>
+#include <exception>
+
+#include "core/threads.h"
+
+namespace amused::nn {
+namespace {
+
+// Smaller products run as one call: splitting them costs more in fork/join than it gains.
+constexpr double kMinSplitMultiplyAdds = 4.0 * 1024 * 1024;
+// Products are split into blocks of whole output rows whose boundaries fall on multiples of this:
+// OpenBLAS's kernels walk the rows in tiles (12 on the Haswell/Zen kernels) and an element's
+// rounding depends on the tile shape that covers it, so aligned pieces are covered by the same
+// tiles as one call over the whole product and every element is computed exactly as in that call
+// (measured: a split at any multiple of 12 rows is bit-identical, any other is not). 24 covers
+// tile widths 4, 6, 8, 12 and 24. Splitting output columns instead is never bit-identical, so it is
+// not done.
+constexpr int64_t kRowAlignment = 24;
+// Fewer rows per thread than this are not split.
+constexpr int64_t kMinRowsPerThread = 32;
+
+// The OpenMP runtime LibTorch runs on, found at run time. ATen's parallel_for is a header template
+// whose OpenMP pragma only works in sources compiled with -fopenmp; compiling ours that way would
+// tie them to the compiler's libgomp, while a LibTorch may ship its own copy (two pools again).
+// GOMP_parallel is what such a pragma calls; looking it up in the loaded libraries finds the very
+// runtime, and thread pool, that LibTorch uses. Without it products are not split.
+struct OpenMpRuntime {
+  using Parallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  using IntFn = int (*)();
+  Parallel parallel = nullptr;
+  IntFn thread_num = nullptr, num_threads = nullptr;
+  OpenMpRuntime() {
+    parallel = reinterpret_cast<Parallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    thread_num = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
+    num_threads = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
+    if (!thread_num || !num_threads) parallel = nullptr;
+  }
+};
+const OpenMpRuntime& openmp() {
+  static const OpenMpRuntime rt;
+  return rt;
+}
+
+int split_threads() {
+  if (!blas_single_threaded() || !openmp().parallel || at::in_parallel_region()) return 1;
+  return at::get_num_threads();
+}
+
+// Only float32 CPU operands, and only where autograd does not need to see the product (the
+// pieces are written through out= variants, which autograd does not record).
+bool eligible(std::initializer_list<const torch::Tensor*> operands) {
+  const bool grad = torch::GradMode::is_enabled();
+  for (const torch::Tensor* t : operands) {
+    if (!t->defined()) continue;
+    if (!t->device().is_cpu() || t->scalar_type() != torch::kFloat32) return false;
+    if (grad && t->requires_grad()) return false;
+  }
+  return true;
+}
+
+// Runs piece(i, n) on each of the n threads of an OpenMP team (n = LibTorch's thread count, the
+// team's default size), with the caller's autograd and inference-mode state.
+struct Region {
+  const std::function<void(int64_t, int64_t)>* piece;
+  at::ThreadLocalState state;
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
+};
+void run_region(void* data) {
+  auto* r = static_cast<Region*>(data);
+  try {
+    at::ThreadLocalStateGuard guard(r->state);
+    (*r->piece)(openmp().thread_num(), openmp().num_threads());
+  } catch (...) {
+    if (!r->failed.test_and_set()) r->error = std::current_exception();
+  }
+}
+void for_each_piece(const std::function<void(int64_t, int64_t)>& piece) {
+  Region r{&piece, {}, {}, {}};
+  // 0 = the default team size, which at::set_num_threads sets (a different size each time would
+  // rebuild libgomp's pool; ATen avoids the num_threads clause for the same reason).
+  openmp().parallel(&run_region, &r, 0, 0);
+  if (r.error) std::rethrow_exception(r.error);
+}
+
+// Piece i of n of [0, size): boundaries at the multiples of `align` nearest to an even split.
+std::pair<int64_t, int64_t> piece_range(int64_t size, int64_t i, int64_t n, int64_t align) {
+  auto edge = [&](int64_t j) {
+    if (j >= n) return size;
+    const int64_t even = size * j / n;
+    return std::min(size, (even + align / 2) / align * align);
+  };
+  return {edge(i), edge(i + 1) - edge(i)};
+}
+
+}  // namespace
+
+bool splits_products() { return split_threads() > 1; }
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  const int threads = split_threads();
+  if (threads > 1 && x.dim() >= 2 && w.dim() == 2 && eligible({&x, &w, &b})) {
+    const int64_t N = w.size(0), K = w.size(1);
+    const auto x2 = x.reshape({-1, K});
+    const int64_t M = x2.size(0);
+    if (static_cast<double>(M) * N * K >= kMinSplitMultiplyAdds && M >= kMinRowsPerThread * threads) {
+      // LibTorch 1.13's F.linear adds the bias inside the product (addmm: bias + sum) for 2-d
+      // inputs and after it (matmul, then add) for all others; the sums round differently, so
+      // follow it.
+      const bool fused_bias = b.defined() && x.dim() == 2;
+      auto out = torch::empty({M, N}, x.options());
+      const auto wt = w.t();
+      for_each_piece([&](int64_t i, int64_t n) {
+        const auto [r0, rows] = piece_range(M, i, n, kRowAlignment);
+        if (rows == 0) return;
+        auto o = out.narrow(0, r0, rows);
+        if (fused_bias)
+          at::addmm_out(o, b, x2.narrow(0, r0, rows), wt);
+        else
+          at::mm_out(o, x2.narrow(0, r0, rows), wt);
+      });
+      if (b.defined() && !fused_bias) out.add_(b);
+      auto shape = x.sizes().vec();
+      shape.back() = N;
+      return out.view(shape);
+    }
+  }
+  return torch::nn::functional::linear(x, w, b);
+}
+
+torch::Tensor batched_matmul(const torch::Tensor& a, const torch::Tensor& b) {
+  const int threads = split_threads();
+  if (threads > 1 && a.dim() >= 3 && a.dim() == b.dim() && eligible({&a, &b}) &&
+      a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-2)) {
+    const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+    // The same 3-d views torch::matmul makes (copies where the strides need it).
+    const auto a3 = a.reshape({-1, M, K});
+    const auto b3 = b.reshape({-1, K, N});
+    const int64_t batch = a3.size(0);
+    if (static_cast<double>(batch) * M * N * K >= kMinSplitMultiplyAdds && batch >= threads) {
+      auto out = torch::empty({batch, M, N}, a.options());
+      for_each_piece([&](int64_t i, int64_t n) {
+        const auto [s, len] = piece_range(batch, i, n, 1);
+        if (len == 0) return;
+        auto o = out.narrow(0, s, len);
+        at::bmm_out(o, a3.narrow(0, s, len), b3.narrow(0, s, len));
+      });
+      auto shape = a.sizes().vec();
+      shape.back() = N;
+      return out.view(shape);
+    }
+  }
+  return torch::matmul(a, b);
+}
+
+}  // namespace amused::nn

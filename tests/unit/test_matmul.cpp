@@ -1,0 +1,115 @@
+// nn/matmul.h: large float32 products split across LibTorch's OpenMP threads, each piece a
+// single-threaded BLAS call. The split must be invisible: bit-identical to one single-threaded
+// call (same kernel, same summation order per element), differentiable where autograd needs it,
+// and usable under InferenceMode.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/threads.h"
+#include "nn/matmul.h"
+
+namespace {
+
+class Matmul : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    previous_ = at::get_num_threads();
+    amused::configure_threads(2);  // at least two pieces, even on a 1-core machine
+  }
+  void TearDown() override { amused::configure_threads(previous_); }
+  // The product the split must reproduce: LibTorch's own with the BLAS single-threaded, as
+  // configure_threads leaves OpenBLAS (with one thread nothing is split).
+  template <typename F>
+  static torch::Tensor unsplit(F f) {
+    amused::configure_threads(1);
+    torch::Tensor r = f();
+    amused::configure_threads(2);
+    return r;
+  }
+  int previous_ = 1;
+};
+
+TEST_F(Matmul, SplitsOnlyWhereItCan) {
+  if (!amused::blas_single_threaded()) GTEST_SKIP() << "the BLAS here is not OpenBLAS";
+  EXPECT_TRUE(amused::nn::splits_products());
+  amused::configure_threads(1);
+  EXPECT_FALSE(amused::nn::splits_products());
+}
+
+TEST_F(Matmul, LinearEqualsUnsplitBitForBit) {
+  torch::manual_seed(0);
+  torch::NoGradGuard no_grad;
+  struct Case {
+    std::vector<int64_t> x_shape;
+    int64_t n;
+    bool bias, transposed_input;
+  };
+  const std::vector<Case> cases = {
+      {{512, 1024}, 1024, true, false},      // rows, 2-d, bias inside the product (addmm)
+      {{2, 256, 1024}, 2816, true, false},   // rows, contiguous 3-d
+      {{2, 256, 768}, 3072, false, false},   // rows, no bias
+      {{2, 256, 1024}, 1024, true, true},    // rows, strided 3-d: bias added after the product
+      {{154, 768}, 768, true, false},        // two prompts' tokens (77 each): a piece off the tiles
+      {{3, 333, 1000}, 1300, true, false},   // sizes off the kernel tiles
+      {{8, 768}, 4096, true, false},         // too few rows to split
+      {{4, 64}, 64, true, false},            // too small to split
+  };
+  for (const auto& c : cases) {
+    auto x = torch::randn(c.x_shape);
+    if (c.transposed_input) x = x.transpose(0, 1).contiguous().transpose(0, 1);
+    const int64_t k = c.x_shape.back();
+    auto w = torch::randn({c.n, k}) / std::sqrt(static_cast<double>(k));
+    auto b = c.bias ? torch::randn({c.n}) : torch::Tensor();
+    const auto expected = unsplit([&] { return torch::nn::functional::linear(x, w, b); });
+    const auto got = amused::nn::linear(x, w, b);
+    ASSERT_EQ(got.sizes(), expected.sizes()) << "x " << x.sizes() << " n " << c.n;
+    EXPECT_TRUE(torch::equal(got, expected)) << "x " << x.sizes() << " n " << c.n << " bias " << c.bias
+                                             << " max diff " << (got - expected).abs().max().item<float>();
+  }
+}
+
+TEST_F(Matmul, BatchedMatmulEqualsUnsplitBitForBit) {
+  torch::manual_seed(1);
+  torch::NoGradGuard no_grad;
+  // Attention's two products: [B, heads, T, d] x [B, heads, d, S] (a transposed view) and back.
+  auto q = torch::randn({2, 256, 16, 64}).transpose(1, 2);
+  auto k = torch::randn({2, 256, 16, 64}).transpose(1, 2);
+  auto scores_expected = unsplit([&] { return torch::matmul(q, k.transpose(-1, -2)); });
+  auto scores = amused::nn::batched_matmul(q, k.transpose(-1, -2));
+  EXPECT_TRUE(torch::equal(scores, scores_expected));
+  auto probs = scores.softmax(-1);
+  EXPECT_TRUE(torch::equal(amused::nn::batched_matmul(probs, k),
+                           unsplit([&] { return torch::matmul(probs, k); })));
+  // 3-d, as the CLIP text encoder calls it.
+  auto a = torch::randn({24, 77, 64}), bt = torch::randn({24, 77, 64});
+  EXPECT_TRUE(torch::equal(amused::nn::batched_matmul(a, bt.transpose(1, 2)),
+                           unsplit([&] { return torch::bmm(a, bt.transpose(1, 2)); })));
+}
+
+TEST_F(Matmul, AutogradStillSeesTheProduct) {
+  auto x = torch::randn({512, 256}, torch::requires_grad());
+  auto w = torch::randn({512, 256}, torch::requires_grad());
+  auto y = amused::nn::linear(x, w);
+  ASSERT_TRUE(y.requires_grad());
+  y.sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_TRUE(torch::allclose(w.grad(), x.detach().sum(0).expand({512, 256}), 1e-4, 1e-4));
+  // Parameters that require grad, used under NoGradGuard, are split (and written through out=
+  // variants on the worker threads, which must see the caller's grad mode).
+  torch::NoGradGuard no_grad;
+  EXPECT_FALSE(amused::nn::linear(x, w).requires_grad());
+}
+
+TEST_F(Matmul, WorksUnderInferenceMode) {
+  c10::InferenceMode guard;
+  auto x = torch::randn({2, 256, 1024});
+  auto w = torch::randn({1024, 1024});
+  auto y = amused::nn::linear(x, w);
+  EXPECT_TRUE(y.is_inference());
+  EXPECT_TRUE(torch::allclose(y, torch::matmul(x, w.t()), 1e-4, 1e-4));
+  auto q = torch::randn({2, 16, 256, 64});
+  EXPECT_TRUE(torch::allclose(amused::nn::batched_matmul(q, q.transpose(-1, -2)),
+                              torch::matmul(q, q.transpose(-1, -2)), 1e-4, 1e-4));
+}
+
+}  // namespace
