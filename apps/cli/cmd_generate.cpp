@@ -152,6 +152,8 @@ int run(const GenerateArgs& a) {
   bar.finish();
 
   const auto paths = output_paths(output, result.images.size());
+  // Every output (images, token file) is encoded first and written all or nothing.
+  std::vector<std::pair<fs::path, std::string>> files;
   const size_t np = a.prompts.size();
   for (size_t i = 0; i < result.images.size(); ++i) {
     const size_t pi = i % np;  // images per prompt are tiled: [p0, p1, p0, p1]
@@ -181,9 +183,10 @@ int run(const GenerateArgs& a) {
       text.emplace_back("strength", nlohmann::json(edit.strength).dump());
     }
     if (!a.mask.empty()) text.emplace_back("mask", a.mask);
-    amused::save_png(paths[i], result.images[i], text);
+    files.emplace_back(paths[i], amused::encode_png(result.images[i], text));
   }
-  if (!a.save_tokens.empty()) amused::save_token_grids(a.save_tokens, result.tokens);
+  if (!a.save_tokens.empty()) files.emplace_back(a.save_tokens, amused::encode_token_grids(result.tokens));
+  amused::save_files(files);
 
   const auto& t = result.timings;
   if (a.json) {

@@ -23,6 +23,12 @@ void save_png(const std::filesystem::path& path, const Image& image, const TextC
 // image buffer.
 std::string encode_png(const Image& image, const TextChunks& text = {});
 
+// Writes several files (path, bytes) all or nothing, e.g. a batch of images and their token file:
+// every file is first written and synced beside its target, and only when all are written are
+// they renamed into place. Throws amused::IoError naming the file that failed (a missing folder, a
+// full disk); then no target has been touched and no temporary file is left.
+void save_files(const std::vector<std::pair<std::filesystem::path, std::string>>& files);
+
 }  // namespace amused
 
 namespace amused {
@@ -30,6 +36,9 @@ namespace amused {
 // Writes token grids as one int64 tensor [B, h, w] under the key `tokens` in a safetensors file
 // (atomically). All grids must have the same size.
 void save_token_grids(const std::filesystem::path& path, const std::vector<TokenGrid>& grids);
+
+// The bytes of the file save_token_grids would write.
+std::string encode_token_grids(const std::vector<TokenGrid>& grids);
 
 // Reads a file written by save_token_grids (key `tokens`, int64 or int32 [B, h, w] or [h, w]).
 std::vector<TokenGrid> load_token_grids(const std::filesystem::path& path);

@@ -33,7 +33,10 @@ void fsync_path(const fs::path& p) {
 }
 }  // namespace
 
-void write_file_atomic(const fs::path& path, const std::function<void(std::ostream&)>& writer) {
+namespace {
+// Writes `writer`'s bytes to a synced temporary file beside `path` and returns its name; removes it
+// and throws IoError on failure.
+fs::path write_temp_beside(const fs::path& path, const std::function<void(std::ostream&)>& writer) {
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
@@ -52,11 +55,45 @@ void write_file_atomic(const fs::path& path, const std::function<void(std::ostre
       if (!out) throw IoError("failed writing '" + path.string() + "' (disk full?)");
     }
     fsync_path(tmp);
-    fs::rename(tmp, path, ec);
-    if (ec) throw IoError("cannot move '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
-    fsync_path(dir);
   } catch (...) {
     fs::remove(tmp, ec);
+    throw;
+  }
+  return tmp;
+}
+
+void move_into_place(const fs::path& tmp, const fs::path& path) {
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw IoError("cannot move '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
+  fsync_path(path.has_parent_path() ? path.parent_path() : fs::path("."));
+}
+}  // namespace
+
+void write_file_atomic(const fs::path& path, const std::function<void(std::ostream&)>& writer) {
+  const fs::path tmp = write_temp_beside(path, writer);
+  try {
+    move_into_place(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+void write_files_atomic(const std::vector<std::pair<fs::path, std::string>>& files) {
+  std::vector<fs::path> temps;
+  temps.reserve(files.size());
+  try {
+    for (const auto& [path, bytes] : files)
+      temps.push_back(write_temp_beside(path, [&](std::ostream& out) {
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      }));
+    // Renames within a folder need no space; they are the only step left that could fail.
+    for (size_t i = 0; i < files.size(); ++i) move_into_place(temps[i], files[i].first);
+  } catch (...) {
+    std::error_code ec;
+    for (const auto& t : temps) fs::remove(t, ec);  // those already moved are gone from here
     throw;
   }
 }

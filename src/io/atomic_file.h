@@ -5,7 +5,10 @@
 #include <filesystem>
 #include <functional>
 #include <ostream>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace amused::io {
 
@@ -16,5 +19,11 @@ void write_file_atomic(const std::filesystem::path& path,
                        const std::function<void(std::ostream&)>& writer);
 
 void write_file_atomic(const std::filesystem::path& path, std::string_view bytes);
+
+// Several files, all or nothing: each is written and synced to a temporary file beside its target
+// first (where a full disk or a missing folder fails, before anything is replaced), and only then
+// are they all renamed into place. Throws amused::IoError naming the file; on failure no target
+// is touched and every temporary file is removed.
+void write_files_atomic(const std::vector<std::pair<std::filesystem::path, std::string>>& files);
 
 }  // namespace amused::io

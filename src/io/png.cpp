@@ -94,4 +94,8 @@ void save_png(const std::filesystem::path& path, const Image& image, const TextC
   io::write_file_atomic(path, encode_png_named(image, text, "'" + path.string() + "'"));
 }
 
+void save_files(const std::vector<std::pair<std::filesystem::path, std::string>>& files) {
+  io::write_files_atomic(files);
+}
+
 }  // namespace amused

@@ -1,20 +1,31 @@
 // Token grid files: int64 [B, h, w] under the key `tokens` in a safetensors file.
 #include "amused/error.h"
 #include "amused/image_io.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 
 namespace amused {
 
-void save_token_grids(const std::filesystem::path& path, const std::vector<TokenGrid>& grids) {
-  if (grids.empty()) throw InvalidArgument("no token grids to save to '" + path.string() + "'");
+namespace {
+std::string encode_token_grids_named(const std::vector<TokenGrid>& grids, const std::string& what) {
+  if (grids.empty()) throw InvalidArgument("no token grids to save to " + what);
   const int64_t h = grids[0].height, w = grids[0].width;
   auto t = torch::empty({static_cast<int64_t>(grids.size()), h, w}, torch::kInt64);  // [B, h, w]
   for (size_t b = 0; b < grids.size(); ++b) {
     if (grids[b].height != h || grids[b].width != w || static_cast<int64_t>(grids[b].ids.size()) != h * w)
-      throw InvalidArgument("token grids of different sizes cannot share one file ('" + path.string() + "')");
+      throw InvalidArgument("token grids of different sizes cannot share one file (" + what + ")");
     std::memcpy(t[static_cast<int64_t>(b)].data_ptr<int64_t>(), grids[b].ids.data(), sizeof(int64_t) * h * w);
   }
-  io::save_safetensors(path, {{"tokens", t}}, {{"format", "pt"}});
+  return io::serialize_safetensors({{"tokens", t}}, {{"format", "pt"}});
+}
+}  // namespace
+
+std::string encode_token_grids(const std::vector<TokenGrid>& grids) {
+  return encode_token_grids_named(grids, "a file in memory");
+}
+
+void save_token_grids(const std::filesystem::path& path, const std::vector<TokenGrid>& grids) {
+  io::write_file_atomic(path, encode_token_grids_named(grids, "'" + path.string() + "'"));
 }
 
 std::vector<TokenGrid> load_token_grids(const std::filesystem::path& path) {

@@ -130,3 +130,39 @@ TEST(ImageIo, EncodeAndDecodeInMemory) {
   bad.pixels.pop_back();
   EXPECT_THROW(amused::encode_png(bad), amused::InvalidArgument);
 }
+
+TEST(ImageIo, SaveFilesIsAllOrNothing) {
+  namespace fs = std::filesystem;
+  TempDir tmp;
+  fs::create_directories(tmp / "images");
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  auto count_files = [](const fs::path& dir) {
+    return std::distance(fs::directory_iterator(dir), fs::directory_iterator{});
+  };
+  const std::string png = amused::encode_png(gradient(4, 4, 3));
+  amused::TokenGrid grid;
+  grid.height = grid.width = 2;
+  grid.ids = {1, 2, 3, 4};
+  const std::string tokens = amused::encode_token_grids({grid});
+
+  amused::save_files({{tmp / "images" / "a.png", png}, {tmp / "images" / "b.png", png}, {tmp / "t.safetensors", tokens}});
+  EXPECT_EQ(read(tmp / "images" / "a.png"), png);
+  EXPECT_EQ(read(tmp / "images" / "b.png"), png);
+  EXPECT_EQ(amused::load_token_grids(tmp / "t.safetensors")[0].ids, grid.ids);
+
+  // The last file cannot be written (its folder is missing): nothing is replaced, nothing is left.
+  { std::ofstream(tmp / "images" / "a.png", std::ios::binary) << "old"; }
+  try {
+    amused::save_files({{tmp / "images" / "a.png", png}, {tmp / "images" / "c.png", png},
+                        {tmp / "missing" / "t.safetensors", tokens}});
+    FAIL() << "expected an IoError";
+  } catch (const amused::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read(tmp / "images" / "a.png"), "old");
+  EXPECT_FALSE(fs::exists(tmp / "images" / "c.png"));
+  EXPECT_EQ(count_files(tmp / "images"), 2);  // a.png, b.png: no temporary file left
+}
