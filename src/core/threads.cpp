@@ -2,7 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
+#include <exception>
 
 #include <filesystem>
 #include <fstream>
@@ -12,11 +14,70 @@
 #include <utility>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 namespace amused {
 namespace {
 std::atomic<bool> g_blas_single_threaded{false};
+
+// The OpenMP runtime LibTorch runs on, looked up in the loaded libraries (see parallel_for).
+struct OpenMpRuntime {
+  using Parallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  using IntFn = int (*)();
+  Parallel parallel = nullptr;
+  IntFn thread_num = nullptr, num_threads = nullptr;
+  OpenMpRuntime() {
+    parallel = reinterpret_cast<Parallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    thread_num = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
+    num_threads = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
+    if (!thread_num || !num_threads) parallel = nullptr;
+  }
+};
+const OpenMpRuntime& openmp() {
+  static const OpenMpRuntime rt;
+  return rt;
+}
+
+struct Region {
+  int64_t begin, end, grain;
+  const std::function<void(int64_t, int64_t)>* f;
+  at::ThreadLocalState state;
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
+};
+
+void run_region(void* data) {
+  auto* r = static_cast<Region*>(data);
+  const int64_t team = openmp().num_threads(), tid = openmp().thread_num();
+  const int64_t range = r->end - r->begin;
+  const int64_t chunks = std::max<int64_t>(1, std::min(team, range / std::max<int64_t>(r->grain, 1)));
+  if (tid >= chunks) return;
+  const int64_t lo = r->begin + range * tid / chunks, hi = r->begin + range * (tid + 1) / chunks;
+  try {
+    at::ThreadLocalStateGuard guard(r->state);
+    (*r->f)(lo, hi);
+  } catch (...) {
+    if (!r->failed.test_and_set()) r->error = std::current_exception();
+  }
+}
 }  // namespace
+
+bool parallel_for_available() {
+  return openmp().parallel != nullptr && at::get_num_threads() > 1 && !at::in_parallel_region();
+}
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const std::function<void(int64_t, int64_t)>& f) {
+  if (begin >= end) return;
+  if (!parallel_for_available() || end - begin < 2 * std::max<int64_t>(grain, 1)) {
+    f(begin, end);
+    return;
+  }
+  Region r{begin, end, grain, &f, {}, {}, {}};
+  // 0 = the default team size, which at::set_num_threads sets (asking for another size each time
+  // would rebuild libgomp's pool; ATen avoids the num_threads clause for the same reason).
+  openmp().parallel(&run_region, &r, 0, 0);
+  if (r.error) std::rethrow_exception(r.error);
+}
 
 int physical_core_count() {
   // Unique (package, core) pairs from sysfs; falls back to the logical count.

@@ -1,12 +1,5 @@
 #include "nn/matmul.h"
 
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
-#include <dlfcn.h>
-
-#include <atomic>
-#include <exception>
-
 #include "core/threads.h"
 
 namespace amused::nn {
@@ -25,30 +18,8 @@ constexpr int64_t kRowAlignment = 24;
 // Fewer rows per thread than this are not split.
 constexpr int64_t kMinRowsPerThread = 32;
 
-// The OpenMP runtime LibTorch runs on, found at run time. ATen's parallel_for is a header template
-// whose OpenMP pragma only works in sources compiled with -fopenmp; compiling ours that way would
-// tie them to the compiler's libgomp, while a LibTorch may ship its own copy (two pools again).
-// GOMP_parallel is what such a pragma calls; looking it up in the loaded libraries finds the very
-// runtime, and thread pool, that LibTorch uses. Without it products are not split.
-struct OpenMpRuntime {
-  using Parallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
-  using IntFn = int (*)();
-  Parallel parallel = nullptr;
-  IntFn thread_num = nullptr, num_threads = nullptr;
-  OpenMpRuntime() {
-    parallel = reinterpret_cast<Parallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
-    thread_num = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
-    num_threads = reinterpret_cast<IntFn>(dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
-    if (!thread_num || !num_threads) parallel = nullptr;
-  }
-};
-const OpenMpRuntime& openmp() {
-  static const OpenMpRuntime rt;
-  return rt;
-}
-
 int split_threads() {
-  if (!blas_single_threaded() || !openmp().parallel || at::in_parallel_region()) return 1;
+  if (!blas_single_threaded() || !parallel_for_available()) return 1;
   return at::get_num_threads();
 }
 
@@ -64,29 +35,11 @@ bool eligible(std::initializer_list<const torch::Tensor*> operands) {
   return true;
 }
 
-// Runs piece(i, n) on each of the n threads of an OpenMP team (n = LibTorch's thread count, the
-// team's default size), with the caller's autograd and inference-mode state.
-struct Region {
-  const std::function<void(int64_t, int64_t)>* piece;
-  at::ThreadLocalState state;
-  std::atomic_flag failed = ATOMIC_FLAG_INIT;
-  std::exception_ptr error;
-};
-void run_region(void* data) {
-  auto* r = static_cast<Region*>(data);
-  try {
-    at::ThreadLocalStateGuard guard(r->state);
-    (*r->piece)(openmp().thread_num(), openmp().num_threads());
-  } catch (...) {
-    if (!r->failed.test_and_set()) r->error = std::current_exception();
-  }
-}
-void for_each_piece(const std::function<void(int64_t, int64_t)>& piece) {
-  Region r{&piece, {}, {}, {}};
-  // 0 = the default team size, which at::set_num_threads sets (a different size each time would
-  // rebuild libgomp's pool; ATen avoids the num_threads clause for the same reason).
-  openmp().parallel(&run_region, &r, 0, 0);
-  if (r.error) std::rethrow_exception(r.error);
+// Runs piece(i, n) for i in [0, n), n = the number of threads, spread over the OpenMP team.
+void for_each_piece(int n, const std::function<void(int64_t, int64_t)>& piece) {
+  parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) piece(i, n);
+  });
 }
 
 // Piece i of n of [0, size): boundaries at the multiples of `align` nearest to an even split.
@@ -116,7 +69,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
       const bool fused_bias = b.defined() && x.dim() == 2;
       auto out = torch::empty({M, N}, x.options());
       const auto wt = w.t();
-      for_each_piece([&](int64_t i, int64_t n) {
+      for_each_piece(threads, [&](int64_t i, int64_t n) {
         const auto [r0, rows] = piece_range(M, i, n, kRowAlignment);
         if (rows == 0) return;
         auto o = out.narrow(0, r0, rows);
@@ -145,7 +98,7 @@ torch::Tensor batched_matmul(const torch::Tensor& a, const torch::Tensor& b) {
     const int64_t batch = a3.size(0);
     if (static_cast<double>(batch) * M * N * K >= kMinSplitMultiplyAdds && batch >= threads) {
       auto out = torch::empty({batch, M, N}, a.options());
-      for_each_piece([&](int64_t i, int64_t n) {
+      for_each_piece(threads, [&](int64_t i, int64_t n) {
         const auto [s, len] = piece_range(batch, i, n, 1);
         if (len == 0) return;
         auto o = out.narrow(0, s, len);

@@ -2,7 +2,6 @@
 #include "schedulers/scheduling_amused.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
@@ -10,6 +9,7 @@
 
 #include "amused/error.h"
 #include "core/config.h"
+#include "core/threads.h"
 
 namespace amused {
 using nlohmann::json;
@@ -159,14 +159,13 @@ torch::Tensor draw_exponential(at::IntArrayRef sizes, at::Generator& generator,
     throw InvalidArgument("draw_exponential: expected a CPU generator, got one on " +
                           gen.device().str());
   // torch.rand(float64) draws one 64-bit number per element in row-major order, the same draws as
-  // torch 1.13's CPU exponential_ (uniform_real_distribution<double>).
-  const torch::Tensor u = torch::rand(sizes, gen, torch::TensorOptions().dtype(torch::kFloat64));
-  torch::Tensor q = torch::empty(sizes, torch::TensorOptions().dtype(torch::kFloat64));
-  const double* up = u.data_ptr<double>();
+  // torch 1.13's CPU exponential_ (uniform_real_distribution<double>). They are turned into the
+  // exponential draws in place.
+  torch::Tensor q = torch::rand(sizes, gen, torch::TensorOptions().dtype(torch::kFloat64));
   double* qp = q.data_ptr<double>();
-  at::parallel_for(0, u.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+  amused::parallel_for(0, q.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
     // -1/lambda * log(1 - u) in double with lambda = 1 (libm log), torch 1.13's transformation.
-    for (int64_t i = begin; i < end; ++i) qp[i] = -1.0 * std::log(1.0 - up[i]);
+    for (int64_t i = begin; i < end; ++i) qp[i] = -1.0 * std::log(1.0 - qp[i]);
   });
   // The kernel's static_cast<scalar_t>: a plain rounding conversion.
   return dtype == torch::kFloat64 ? q : q.to(dtype);
@@ -179,8 +178,9 @@ torch::Tensor sample_multinomial(const torch::Tensor& probs, at::Generator& gene
         shape_str(probs) + " " + c10::toString(probs.scalar_type()) + " on " +
         probs.device().str());
   // multinomial(probs, 1) without replacement is argmax(p / q), q ~ Exp(1) (Gumbel-max trick).
-  const torch::Tensor q = draw_exponential(probs.sizes(), generator);
-  return torch::argmax(probs / q, /*dim=*/-1, /*keepdim=*/true);
+  torch::Tensor q = draw_exponential(probs.sizes(), generator);
+  at::div_out(q, probs, q);  // probs / q (in float64), written over q: one [N, K] buffer, not two
+  return torch::argmax(q, /*dim=*/-1, /*keepdim=*/true);
 }
 
 torch::Tensor gumbel_noise(const torch::Tensor& like, at::Generator& generator) {

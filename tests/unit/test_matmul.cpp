@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <atomic>
+#include <stdexcept>
+#include <vector>
+
 #include "core/threads.h"
 #include "nn/matmul.h"
 
@@ -110,6 +114,45 @@ TEST_F(Matmul, WorksUnderInferenceMode) {
   auto q = torch::randn({2, 16, 256, 64});
   EXPECT_TRUE(torch::allclose(amused::nn::batched_matmul(q, q.transpose(-1, -2)),
                               torch::matmul(q, q.transpose(-1, -2)), 1e-4, 1e-4));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ParallelFor, CoversTheRangeOnceWithTheCallersState) {
+  const int previous = at::get_num_threads();
+  amused::configure_threads(2);
+  std::vector<std::atomic<int>> hits(100000);
+  std::atomic<int> grad_enabled{0}, inference{0}, chunks{0};
+  {
+    c10::InferenceMode guard;
+    amused::parallel_for(0, static_cast<int64_t>(hits.size()), 1000, [&](int64_t b, int64_t e) {
+      ++chunks;
+      grad_enabled += torch::GradMode::is_enabled() ? 1 : 0;
+      inference += c10::InferenceMode::is_enabled() ? 1 : 0;
+      for (int64_t i = b; i < e; ++i) ++hits[static_cast<size_t>(i)];
+    });
+  }
+  for (const auto& h : hits) ASSERT_EQ(h.load(), 1);
+  EXPECT_EQ(grad_enabled.load(), 0);
+  EXPECT_EQ(inference.load(), chunks.load());
+  if (amused::parallel_for_available()) EXPECT_EQ(chunks.load(), 2);
+
+  // The first exception reaches the caller.
+  EXPECT_THROW(amused::parallel_for(0, 1000, 1,
+                                    [&](int64_t b, int64_t) {
+                                      if (b == 0) throw std::runtime_error("piece failed");
+                                    }),
+               std::runtime_error);
+  // Too short a range (under two grains) runs in one call.
+  chunks = 0;
+  amused::parallel_for(0, 10, 8, [&](int64_t b, int64_t e) {
+    ++chunks;
+    EXPECT_EQ(e - b, 10);
+  });
+  EXPECT_EQ(chunks.load(), 1);
+  amused::configure_threads(previous);
 }
 
 }  // namespace
