@@ -262,6 +262,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
                       "use bfloat16 (or float32) on the CPU");
   const int threads = configure_threads(options.threads);
+  WeightAllocationScope weight_allocation;  // weights in their own mappings (core/memory.h)
 
   RepoOptions ro;
   ro.offline = options.offline;
@@ -472,6 +473,7 @@ void Pipeline::Impl::load_vq_encoder() {
   std::call_once(vq_encoder_once, [this] {
     const auto t0 = Clock::now();
     torch::NoGradGuard no_grad;
+    WeightAllocationScope weight_allocation;
     if (vq_encoder_loader) vq_encoder_loader();
     vq_encoder_loader = nullptr;  // releases the mapped checkpoint
     log_phase("VQ encoder loaded", seconds_since(t0));
