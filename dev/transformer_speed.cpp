@@ -1,4 +1,5 @@
-// Experiment: full-size U-ViT forward time (random weights) per dtype, batch 2 (one CFG step).
+// Experiment: full-size U-ViT forward time (random weights) per dtype, batch 2 (one CFG step) or
+// the batch given as the fourth argument.
 // Build: see dev/README.md.
 #include <chrono>
 #include <cstdio>
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
   }
   m->eval();
   torch::NoGradGuard g;
-  const int64_t B = 2, s = cfg.sample_size;
+  const int64_t B = argc > 4 ? std::atoi(argv[4]) : 2, s = cfg.sample_size;
   auto ids = torch::randint(0, cfg.codebook_size, {B, s, s});
   auto ehs = torch::randn({B, 77, cfg.encoder_hidden_size}).to(dt);
   auto pooled = torch::randn({B, cfg.cond_embed_dim}).to(dt);

@@ -173,6 +173,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
   const auto loop_start = Clock::now();
   // The conditioning is the same at every step: text projections, cross-attention keys/values and
   // adaptive-norm modulations are computed once (bit-identical to recomputing them).
+  ActivationReuseScope reuse_activations;  // steps reuse each other's memory (core/memory.h)
   nn::ConditioningCache cond_cache;
   for (int i = req.start_step; i < n; ++i) {
     const auto t_step = Clock::now();
