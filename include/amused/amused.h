@@ -33,8 +33,10 @@ namespace amused {
 // Library version, "MAJOR.MINOR.PATCH".
 const char* version();
 
-// Sets the number of compute threads (LibTorch intra-op and BLAS); <= 0 = all physical cores.
-// Returns the number applied. Called once with 0 when the library loads a model, unless set before.
+// Sets the number of compute threads (LibTorch's intra-op OpenMP threads); <= 0 = all physical
+// cores. Returns the number applied. OpenBLAS, when it is the BLAS, is made single-threaded and its
+// large float32 products are spread over those threads instead (one thread pool, not two competing
+// ones). Called once with 0 when the library loads a model, unless set before.
 int set_threads(int threads);
 
 }  // namespace amused
