@@ -25,29 +25,57 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
                                      const torch::Tensor& encoder_hidden_states) {
   const auto& context = encoder_hidden_states.defined() ? encoder_hidden_states : hidden_states;
   const int64_t batch_size = hidden_states.size(0);
+  const auto wdtype = to_q->weight.scalar_type();
+  const auto adtype = hidden_states.scalar_type();
+  // [B, N, heads * dim_head] -> [B, heads, N, dim_head]
+  auto split_heads = [&](const torch::Tensor& t) {
+    return t.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
+  };
+
+  if (wdtype != adtype && !torch::GradMode::is_enabled() && !to_q->bias.defined() &&
+      !to_k->bias.defined() && !to_v->bias.defined()) {
+    // Mixed precision (16-bit weights, float32 activations), inference: the projections and both
+    // attention products run on the 16-bit kernels and q, k, v and the attention output stay in
+    // the weights' dtype between them. The float32 path below would cast each of them to float32
+    // and straight back, which is exact, so this is the same arithmetic with less memory traffic
+    // (bit-identical, tests/unit/test_attention.cpp). The softmax stays in float32.
+    auto low = [&](LinearImpl& proj, const torch::Tensor& x) { return proj.product_in_weight_dtype(x); };
+    torch::Tensor key, value;
+    if (encoder_hidden_states.defined()) {
+      // Cross-attention: keys and values depend on the text only (reused across denoising steps).
+      key = memo(to_k.get(), {context}, [&] { return low(*to_k, context); });
+      value = memo(to_v.get(), {context}, [&] { return low(*to_v, context); });
+    } else {
+      key = low(*to_k, context);
+      value = low(*to_v, context);
+    }
+    auto query = split_heads(low(*to_q, hidden_states));
+    auto scores = torch::matmul(query, split_heads(key).transpose(-1, -2)).to(adtype);
+    auto attention_probs = (scores * scale).softmax(-1);
+    auto out = torch::matmul(attention_probs.to(wdtype), split_heads(value));
+    // [B, heads, N, dim_head] -> [B, N, heads * dim_head]
+    out = out.transpose(1, 2).reshape({batch_size, -1, heads * dim_head});
+    return to_out_1(to_out_0->forward_from_weight_dtype(out, adtype));
+  }
 
   auto query = to_q(hidden_states);
   torch::Tensor key, value;
   if (encoder_hidden_states.defined()) {
-    // Cross-attention: keys and values depend on the text only (reused across denoising steps).
     key = memo(to_k.get(), {context}, [&] { return to_k(context); });
     value = memo(to_v.get(), {context}, [&] { return to_v(context); });
   } else {
     key = to_k(context);
     value = to_v(context);
   }
-
-  // [B, N, heads * dim_head] -> [B, heads, N, dim_head]
-  query = query.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
-  key = key.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
-  value = value.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
+  query = split_heads(query);
+  key = split_heads(key);
+  value = split_heads(value);
 
   // [B, heads, N, M]; softmax in the tensors' own dtype: the reference processor does not upcast.
   torch::Tensor out;
-  const auto wdtype = to_q->weight.scalar_type();
   if (wdtype != query.scalar_type() && !torch::GradMode::is_enabled()) {
-    // Mixed precision (16-bit weights, float32 activations): the two attention products run on the
-    // 16-bit kernels like the projections; the softmax stays in float32.
+    // Mixed precision with biased projections: the two attention products run on the 16-bit
+    // kernels like the projections; the softmax stays in float32.
     auto scores = torch::matmul(query.to(wdtype), key.to(wdtype).transpose(-1, -2)).to(query.scalar_type());
     auto attention_probs = (scores * scale).softmax(-1);
     out = torch::matmul(attention_probs.to(wdtype), value.to(wdtype)).to(query.scalar_type());

@@ -42,6 +42,13 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
     return add_bias(torch::nn::functional::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type()), bias, -1);
   return nn::linear(x, weight, bias);
 }
+torch::Tensor LinearImpl::product_in_weight_dtype(const torch::Tensor& x) {
+  return torch::nn::functional::linear(x.to(weight.scalar_type()), weight);
+}
+torch::Tensor LinearImpl::forward_from_weight_dtype(const torch::Tensor& x_low, torch::ScalarType out_dtype) {
+  if (out_dtype == weight.scalar_type()) return nn::linear(x_low, weight, bias);
+  return add_bias(torch::nn::functional::linear(x_low, weight).to(out_dtype), bias, -1);
+}
 void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }
 
 Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t g, bool has_bias)

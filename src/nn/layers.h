@@ -15,6 +15,12 @@ class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // Mixed precision in two halves, for callers that keep a 16-bit activation between products
+  // (attention): x W^T without bias, in the weight's dtype (x cast to it first); and the rest of
+  // forward() for an input already in the weight's dtype: the product cast to `out_dtype`, plus the
+  // bias. forward(x) == forward_from_weight_dtype(x.to(weight dtype), x dtype), bit for bit.
+  torch::Tensor product_in_weight_dtype(const torch::Tensor& x);
+  torch::Tensor forward_from_weight_dtype(const torch::Tensor& x_low, torch::ScalarType out_dtype);
   void reset_parameters();
   int64_t in_features, out_features;
   torch::Tensor weight, bias;  // bias undefined when bias=false

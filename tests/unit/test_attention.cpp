@@ -1,0 +1,68 @@
+// nn::Attention's mixed-precision inference path (16-bit weights, float32 activations) keeps q, k,
+// v and the attention output in 16 bits between the products. It must equal, bit for bit, the
+// plain formulation that casts each product to float32 and back (what the path did before, and
+// what the fidelity tests measured).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "nn/attention_processor.h"
+#include "nn/cond_cache.h"
+
+namespace {
+
+// The plain mixed formulation: every projection returns float32, every 16-bit product casts its
+// float32 inputs down first.
+torch::Tensor plain_mixed(amused::nn::AttentionImpl& a, const torch::Tensor& x, const torch::Tensor& ctx) {
+  const auto w = a.to_q->weight.scalar_type();
+  auto proj = [&](amused::nn::LinearImpl& l, const torch::Tensor& in) {
+    auto y = torch::nn::functional::linear(in.to(w), l.weight).to(torch::kFloat32);
+    return l.bias.defined() ? y.add_(l.bias.to(torch::kFloat32)) : y;
+  };
+  const auto& c = ctx.defined() ? ctx : x;
+  const int64_t B = x.size(0);
+  auto heads = [&](const torch::Tensor& t) { return t.reshape({B, -1, a.heads, a.dim_head}).transpose(1, 2); };
+  auto q = heads(proj(*a.to_q, x)), k = heads(proj(*a.to_k, c)), v = heads(proj(*a.to_v, c));
+  auto scores = torch::matmul(q.to(w), k.to(w).transpose(-1, -2)).to(torch::kFloat32);
+  auto probs = (scores * a.scale).softmax(-1);
+  auto out = torch::matmul(probs.to(w), v.to(w)).to(torch::kFloat32);
+  out = out.transpose(1, 2).reshape({B, -1, a.heads * a.dim_head});
+  return proj(*a.to_out_0, out);
+}
+
+void to_mixed(amused::nn::AttentionImpl& a) {
+  torch::NoGradGuard g;
+  for (auto* l : {a.to_q.get(), a.to_k.get(), a.to_v.get(), a.to_out_0.get()})
+    l->weight.set_data(l->weight.to(torch::kBFloat16));  // biases stay float32, as the loader keeps them
+}
+
+TEST(AttentionMixed, SixteenBitIntermediatesAreBitIdentical) {
+  torch::manual_seed(3);
+  for (const bool cross : {false, true}) {
+    amused::nn::Attention a(96, cross ? std::optional<int64_t>(48) : std::nullopt, 4, 24);
+    a->reset_parameters();
+    to_mixed(*a);
+    a->eval();
+    auto x = torch::randn({2, 37, 96});
+    auto ctx = cross ? torch::randn({2, 11, 48}) : torch::Tensor();
+    torch::NoGradGuard g;
+    const auto expected = plain_mixed(*a, x, ctx);
+    EXPECT_TRUE(torch::equal(a->forward(x, ctx), expected)) << (cross ? "cross" : "self");
+    // With the conditioning cache (16-bit keys and values kept across steps), twice.
+    amused::nn::ConditioningCache cache;
+    EXPECT_TRUE(torch::equal(a->forward(x, ctx), expected));
+    EXPECT_TRUE(torch::equal(a->forward(x, ctx), expected));
+  }
+}
+
+TEST(AttentionMixed, BiasedProjectionsTakeThePlainPath) {
+  torch::manual_seed(4);
+  amused::nn::Attention a(64, std::nullopt, 2, 32, 0.0, /*bias=*/true);
+  a->reset_parameters();
+  to_mixed(*a);
+  a->eval();
+  auto x = torch::randn({1, 20, 64});
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::equal(a->forward(x), plain_mixed(*a, x, {})));
+}
+
+}  // namespace
