@@ -39,4 +39,17 @@ class ActivationReuseScope {
   ActivationReuseScope& operator=(const ActivationReuseScope&) = delete;
 };
 
+// While one is alive (a VQ decode) and no weights are loading, allocations of 8 MiB or more get
+// their own memory mapping, returned to the system when freed. The decoder's large float32
+// activations then never sit in the heap's free lists, where they would stay resident and where
+// their placement made the peak vary by 50-80 MiB between otherwise identical runs: measured on
+// amused-256 (bfloat16), peak RSS 2019 -> 1938 MiB for about 8% more decode time (docs/PERFORMANCE.md).
+class DecodeAllocationScope {
+ public:
+  DecodeAllocationScope();
+  ~DecodeAllocationScope();
+  DecodeAllocationScope(const DecodeAllocationScope&) = delete;
+  DecodeAllocationScope& operator=(const DecodeAllocationScope&) = delete;
+};
+
 }  // namespace amused

@@ -210,6 +210,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
 torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timings) {
   const auto t0 = Clock::now();
   release_free_memory();  // what the denoising loop freed, before the decoder's larger tensors (core/memory.h)
+  DecodeAllocationScope fresh_pages;  // its large activations in their own mappings (core/memory.h)
   std::vector<torch::Tensor> images;
   for (int64_t b = 0; b < latents.size(0); ++b) {
     // The VQ-GAN runs in float32 whatever the pipeline dtype (the reference's force_upcast).
