@@ -15,76 +15,50 @@ void release_free_memory() {
 }
 
 namespace {
-// The live scopes of each kind; the allocator settings follow from them (apply_settings).
+// The live scopes of each phase; the allocator settings follow from them (apply_settings).
 std::mutex g_mutex;
-int g_weight_scopes = 0, g_loop_scopes = 0, g_decode_scopes = 0;
+int g_scopes[3] = {0, 0, 0};  // indexed by AllocationPhase
 
 constexpr int kWeightMmapThreshold = 128 * 1024;
+constexpr int kDecodeMmapThreshold = 8 * 1024 * 1024;
 constexpr int kRunMmapThreshold = 32 * 1024 * 1024;
 constexpr int kRunTrimThreshold = 64 * 1024 * 1024;
-constexpr int kLoopTrimThreshold = 1024 * 1024 * 1024;
-constexpr int kDecodeMmapThreshold = 8 * 1024 * 1024;
+constexpr int kDenoiseTrimThreshold = 1024 * 1024 * 1024;
 constexpr int kDefaultMmapMax = 65536;  // glibc's DEFAULT_MMAP_MAX
+
+int& scopes(AllocationPhase phase) { return g_scopes[static_cast<int>(phase)]; }
 
 void apply_settings() {
 #if defined(__GLIBC__)
-  if (g_weight_scopes > 0) {
-    mallopt(M_MMAP_THRESHOLD, kWeightMmapThreshold);
-    mallopt(M_MMAP_MAX, kDefaultMmapMax);
-  } else if (g_decode_scopes > 0) {
-    mallopt(M_MMAP_THRESHOLD, kDecodeMmapThreshold);
-    mallopt(M_MMAP_MAX, kDefaultMmapMax);
-    mallopt(M_TRIM_THRESHOLD, kRunTrimThreshold);
-  } else if (g_loop_scopes > 0) {
-    mallopt(M_MMAP_THRESHOLD, kRunMmapThreshold);
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, kLoopTrimThreshold);
-  } else {
-    mallopt(M_MMAP_THRESHOLD, kRunMmapThreshold);
-    mallopt(M_MMAP_MAX, kDefaultMmapMax);
-    mallopt(M_TRIM_THRESHOLD, kRunTrimThreshold);
+  int mmap_threshold = kRunMmapThreshold, mmap_max = kDefaultMmapMax, trim_threshold = kRunTrimThreshold;
+  if (scopes(AllocationPhase::kLoadWeights) > 0) {
+    mmap_threshold = kWeightMmapThreshold;
+  } else if (scopes(AllocationPhase::kDecode) > 0) {
+    mmap_threshold = kDecodeMmapThreshold;
+  } else if (scopes(AllocationPhase::kDenoise) > 0) {
+    mmap_max = 0;
+    trim_threshold = kDenoiseTrimThreshold;
   }
+  mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+  mallopt(M_MMAP_MAX, mmap_max);
+  mallopt(M_TRIM_THRESHOLD, trim_threshold);
 #endif
 }
 }  // namespace
 
-WeightAllocationScope::WeightAllocationScope() {
+AllocationScope::AllocationScope(AllocationPhase phase) : phase_(phase) {
   std::lock_guard<std::mutex> lock(g_mutex);
-  ++g_weight_scopes;
+  ++scopes(phase_);
   apply_settings();
 }
 
-WeightAllocationScope::~WeightAllocationScope() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  --g_weight_scopes;
-  apply_settings();
-}
-
-ActivationReuseScope::ActivationReuseScope() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  ++g_loop_scopes;
-  apply_settings();
-}
-
-ActivationReuseScope::~ActivationReuseScope() {
+AllocationScope::~AllocationScope() {
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    --g_loop_scopes;
+    --scopes(phase_);
     apply_settings();
   }
-  release_free_memory();
-}
-
-DecodeAllocationScope::DecodeAllocationScope() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  ++g_decode_scopes;
-  apply_settings();
-}
-
-DecodeAllocationScope::~DecodeAllocationScope() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  --g_decode_scopes;
-  apply_settings();
+  if (phase_ == AllocationPhase::kDenoise) release_free_memory();
 }
 
 }  // namespace amused

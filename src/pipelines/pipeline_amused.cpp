@@ -173,7 +173,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
   const auto loop_start = Clock::now();
   // The conditioning is the same at every step: text projections, cross-attention keys/values and
   // adaptive-norm modulations are computed once (bit-identical to recomputing them).
-  ActivationReuseScope reuse_activations;  // steps reuse each other's memory (core/memory.h)
+  AllocationScope reuse_activations(AllocationPhase::kDenoise);  // steps reuse each other's memory
   nn::ConditioningCache cond_cache;
   for (int i = req.start_step; i < n; ++i) {
     const auto t_step = Clock::now();
@@ -210,7 +210,7 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
 torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timings) {
   const auto t0 = Clock::now();
   release_free_memory();  // what the denoising loop freed, before the decoder's larger tensors (core/memory.h)
-  DecodeAllocationScope fresh_pages;  // its large activations in their own mappings (core/memory.h)
+  AllocationScope fresh_pages(AllocationPhase::kDecode);  // large activations in their own mappings
   std::vector<torch::Tensor> images;
   for (int64_t b = 0; b < latents.size(0); ++b) {
     // The VQ-GAN runs in float32 whatever the pipeline dtype (the reference's force_upcast).
@@ -264,7 +264,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
     throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
                       "use bfloat16 (or float32) on the CPU");
   const int threads = configure_threads(options.threads);
-  WeightAllocationScope weight_allocation;  // weights in their own mappings (core/memory.h)
+  AllocationScope weight_allocation(AllocationPhase::kLoadWeights);  // weights in their own mappings
 
   RepoOptions ro;
   ro.offline = options.offline;
@@ -475,7 +475,7 @@ void Pipeline::Impl::load_vq_encoder() {
   std::call_once(vq_encoder_once, [this] {
     const auto t0 = Clock::now();
     torch::NoGradGuard no_grad;
-    WeightAllocationScope weight_allocation;
+    AllocationScope weight_allocation(AllocationPhase::kLoadWeights);
     if (vq_encoder_loader) vq_encoder_loader();
     vq_encoder_loader = nullptr;  // releases the mapped checkpoint
     log_phase("VQ encoder loaded", seconds_since(t0));
