@@ -41,7 +41,8 @@ void apply_settings() {
   }
   mallopt(M_MMAP_THRESHOLD, mmap_threshold);
   mallopt(M_MMAP_MAX, mmap_max);
-  mallopt(M_TRIM_THRESHOLD, trim_threshold);
+  // While weights load the trim threshold is left as it is (glibc's 128 KiB at the first load).
+  if (scopes(AllocationPhase::kLoadWeights) == 0) mallopt(M_TRIM_THRESHOLD, trim_threshold);
 #endif
 }
 }  // namespace
