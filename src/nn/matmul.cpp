@@ -58,7 +58,8 @@ bool splits_products() { return split_threads() > 1; }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   const int threads = split_threads();
-  if (threads > 1 && x.dim() >= 2 && w.dim() == 2 && eligible({&x, &w, &b})) {
+  // Wrong shapes take LibTorch's path, which names them in its error.
+  if (threads > 1 && x.dim() >= 2 && w.dim() == 2 && x.size(-1) == w.size(1) && eligible({&x, &w, &b})) {
     const int64_t N = w.size(0), K = w.size(1);
     const auto x2 = x.reshape({-1, K});
     const int64_t M = x2.size(0);

@@ -72,6 +72,13 @@ TEST_F(Matmul, LinearEqualsUnsplitBitForBit) {
   }
 }
 
+TEST_F(Matmul, WrongShapesAreRefusedNotReinterpreted) {
+  torch::NoGradGuard no_grad;
+  // 2 x 256 x 512 values would reshape into 256 rows of 1024: the product must refuse, as F.linear does.
+  EXPECT_THROW(amused::nn::linear(torch::randn({2, 256, 512}), torch::randn({1024, 1024})), c10::Error);
+  EXPECT_THROW(amused::nn::batched_matmul(torch::randn({4, 64, 32}), torch::randn({4, 64, 32})), c10::Error);
+}
+
 TEST_F(Matmul, BatchedMatmulEqualsUnsplitBitForBit) {
   torch::manual_seed(1);
   torch::NoGradGuard no_grad;
