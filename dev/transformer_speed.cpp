@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "nn/execution.h"
+#include "pipelines/components.h"
 #include "core/config.h"
 #include "core/threads.h"
 #include "io/state_dict.h"
@@ -23,12 +25,11 @@ int main(int argc, char** argv) {
   const auto dt = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
   m->to(dt);
   if (dtype == "mixed") {
-    amused::io::LoadOptions o;
-    o.dtype_for = amused::io::mixed_bfloat16_dtype;
+    const auto o = amused::precision_load_options(*m, amused::Precision::kMixedBFloat16, torch::kCPU);
     amused::io::convert_parameters(*m, o);
   }
   m->eval();
-  torch::NoGradGuard g;
+  amused::nn::ExecutionScope g(amused::nn::ExecutionMode::kInference);
   const int64_t B = argc > 4 ? std::atoi(argv[4]) : 2, s = cfg.sample_size;
   auto ids = torch::randint(0, cfg.codebook_size, {B, s, s});
   auto ehs = torch::randn({B, 77, cfg.encoder_hidden_size}).to(dt);

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <string>
 
+#include "nn/execution.h"
+#include "pipelines/components.h"
 #include "core/config.h"
 #include "core/memory.h"
 #include "core/threads.h"
@@ -31,13 +33,12 @@ int main(int argc, char** argv) {
   auto cfg = amused::models::VQModelConfig::from_json(amused::read_json_file(cfg_path), cfg_path);
   amused::models::VQModel vq(cfg);
   if (mode == "mixed") {
-    amused::io::LoadOptions o;
-    o.dtype_for = amused::io::mixed_bfloat16_dtype;
+    const auto o = amused::precision_load_options(*vq, amused::Precision::kMixedBFloat16, torch::kCPU);
     amused::io::convert_parameters(*vq, o);
   }
   vq->init_weights();
   vq->eval();
-  torch::NoGradGuard g;
+  amused::nn::ExecutionScope g(amused::nn::ExecutionMode::kInference);
   auto ids = torch::randint(0, cfg.num_vq_embeddings, {1, grid, grid});
   for (int i = 0; i < iters; ++i) {
     amused::release_free_memory();

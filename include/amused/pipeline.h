@@ -171,6 +171,7 @@ class Pipeline {
   Impl& impl() { return *impl_; }
 
  private:
+  friend struct PipelineAccess;  // the library's own constructors (in-memory components)
   explicit Pipeline(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -81,14 +81,11 @@ void write_file_atomic(const fs::path& path, const std::function<void(std::ostre
   }
 }
 
-void write_files_atomic(const std::vector<std::pair<fs::path, std::string>>& files) {
+void write_files_atomic(const std::vector<std::pair<fs::path, FileWriter>>& files) {
   std::vector<fs::path> temps;
   temps.reserve(files.size());
   try {
-    for (const auto& [path, bytes] : files)
-      temps.push_back(write_temp_beside(path, [&](std::ostream& out) {
-        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      }));
+    for (const auto& [path, writer] : files) temps.push_back(write_temp_beside(path, writer));
     // Renames within a folder need no space; they are the only step left that could fail.
     for (size_t i = 0; i < files.size(); ++i) move_into_place(temps[i], files[i].first);
   } catch (...) {
@@ -96,6 +93,16 @@ void write_files_atomic(const std::vector<std::pair<fs::path, std::string>>& fil
     for (const auto& t : temps) fs::remove(t, ec);  // those already moved are gone from here
     throw;
   }
+}
+
+void write_files_atomic(const std::vector<std::pair<fs::path, std::string>>& files) {
+  std::vector<std::pair<fs::path, FileWriter>> writers;
+  writers.reserve(files.size());
+  for (const auto& [path, bytes] : files)
+    writers.emplace_back(path, [&bytes = bytes](std::ostream& out) {
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    });
+  write_files_atomic(writers);
 }
 
 void write_file_atomic(const fs::path& path, std::string_view bytes) {

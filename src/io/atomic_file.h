@@ -26,4 +26,8 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view bytes
 // is touched and every temporary file is removed.
 void write_files_atomic(const std::vector<std::pair<std::filesystem::path, std::string>>& files);
 
+// The same with each file's bytes streamed by a writer (large files never held in memory).
+using FileWriter = std::function<void(std::ostream&)>;
+void write_files_atomic(const std::vector<std::pair<std::filesystem::path, FileWriter>>& files);
+
 }  // namespace amused::io

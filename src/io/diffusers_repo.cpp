@@ -339,14 +339,14 @@ json DiffusersRepo::component_config(const std::string& name) const {
   return j;
 }
 
-std::vector<fs::path> DiffusersRepo::weight_files(const std::string& name) const {
-  const fs::path dir = component_dir(name);
-  const auto chosen = choose_weight_files(list_files(dir), variant_, dir.string());
+std::vector<fs::path> folder_weight_files(const fs::path& dir, const std::string& variant, bool from_hub) {
+  const auto chosen = choose_weight_files(list_files(dir), variant, dir.string());
   if (chosen.empty()) {
     throw CheckpointError("'" + dir.string() +
                           "' has no weights: expected diffusion_pytorch_model" +
-                          (variant_.empty() ? "" : "." + variant_) + ".safetensors or model" +
-                          (variant_.empty() ? "" : "." + variant_) + ".safetensors");
+                          (variant.empty() ? "" : "." + variant) + ".safetensors or model" +
+                          (variant.empty() ? "" : "." + variant) + ".safetensors" +
+                          (from_hub ? " (incomplete download? run again without --offline)" : ""));
   }
   if (!hub::is_shard_index(chosen.front())) return {dir / chosen.front()};
   const fs::path index_path = dir / chosen.front();
@@ -362,8 +362,10 @@ std::vector<fs::path> DiffusersRepo::weight_files(const std::string& name) const
   return out;
 }
 
-StateDict DiffusersRepo::component_weights(const std::string& name) const {
-  const auto files = weight_files(name);
+StateDict folder_weights(const fs::path& dir, const std::string& variant, bool from_hub) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw ConfigError("model folder '" + dir.string() + "' is missing");
+  const auto files = folder_weight_files(dir, variant, from_hub);
   StateDict out;
   std::map<std::string, fs::path> owner;
   for (const auto& f : files) {
@@ -377,6 +379,14 @@ StateDict DiffusersRepo::component_weights(const std::string& name) const {
     }
   }
   return out;
+}
+
+std::vector<fs::path> DiffusersRepo::weight_files(const std::string& name) const {
+  return folder_weight_files(component_dir(name), variant_, from_hub_);
+}
+
+StateDict DiffusersRepo::component_weights(const std::string& name) const {
+  return folder_weights(component_dir(name), variant_, from_hub_);
 }
 
 }  // namespace amused::io

@@ -53,6 +53,14 @@ class DiffusersRepo {
   bool from_hub_ = false;
 };
 
+// One model folder on its own (e.g. `transformer/`): its safetensors files in `variant` (the single
+// `<base>[.<variant>].safetensors`, or the shards its index names), and all their tensors
+// (memory-mapped; a key in two shards is an error). `from_hub` adds a hint about incomplete
+// downloads to the errors.
+std::vector<std::filesystem::path> folder_weight_files(const std::filesystem::path& dir,
+                                                       const std::string& variant = "", bool from_hub = false);
+StateDict folder_weights(const std::filesystem::path& dir, const std::string& variant = "", bool from_hub = false);
+
 // Pure helpers shared by the folder reader and the downloader (exposed for tests).
 
 // Picks the weight files of one component from the file names in its folder: the single

@@ -334,18 +334,18 @@ std::string safetensors_dtype_name(torch::ScalarType t) {
   throw InvalidArgument(std::string("dtype ") + c10::toString(t) + " cannot be stored in safetensors");
 }
 
-std::string serialize_safetensors(const StateDict& tensors, const Metadata& metadata) {
+void write_safetensors(std::ostream& out, const StateDict& tensors, const Metadata& metadata) {
   struct Entry {
     std::string key;
-    torch::Tensor t;
+    const torch::Tensor* t;
     int64_t elem;
   };
   std::vector<Entry> entries;
   for (const auto& [k, t] : tensors) {
     if (!t.defined()) throw InvalidArgument("tensor '" + k + "' is undefined");
     if (k == "__metadata__") throw InvalidArgument("'__metadata__' is reserved and cannot be a tensor name");
-    auto c = t.detach().to(torch::kCPU).contiguous();
-    entries.push_back({k, c, static_cast<int64_t>(c.element_size())});
+    safetensors_dtype_name(t.scalar_type());  // throws for a dtype the format cannot hold
+    entries.push_back({k, &t, static_cast<int64_t>(t.element_size())});
   }
   std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return a.elem != b.elem ? a.elem > b.elem : a.key < b.key;
@@ -354,27 +354,34 @@ std::string serialize_safetensors(const StateDict& tensors, const Metadata& meta
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& e : entries) {
-    const uint64_t nbytes = static_cast<uint64_t>(e.t.numel()) * static_cast<uint64_t>(e.elem);
-    header[e.key] = {{"dtype", safetensors_dtype_name(e.t.scalar_type())},
-                     {"shape", e.t.sizes().vec()},
+    const uint64_t nbytes = static_cast<uint64_t>(e.t->numel()) * static_cast<uint64_t>(e.elem);
+    header[e.key] = {{"dtype", safetensors_dtype_name(e.t->scalar_type())},
+                     {"shape", e.t->sizes().vec()},
                      {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
   std::string h = header.dump();
   while (h.size() % 8 != 0) h.push_back(' ');
-  std::string out;
-  out.reserve(8 + h.size() + offset);
-  uint64_t n = h.size();
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
-  out += h;
-  for (const auto& e : entries)
-    out.append(static_cast<const char*>(e.t.data_ptr()), static_cast<size_t>(e.t.numel() * e.elem));
-  return out;
+  char length[8];
+  const uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out.write(length, 8);
+  out.write(h.data(), static_cast<std::streamsize>(h.size()));
+  // One tensor at a time: only its CPU, contiguous copy (if it needs one) is ever held extra.
+  for (const auto& e : entries) {
+    const torch::Tensor c = e.t->detach().to(torch::kCPU).contiguous();
+    out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * e.elem));
+  }
+}
+
+std::string serialize_safetensors(const StateDict& tensors, const Metadata& metadata) {
+  std::ostringstream out(std::ios::binary);
+  write_safetensors(out, tensors, metadata);
+  return std::move(out).str();
 }
 
 void save_safetensors(const fs::path& path, const StateDict& tensors, const Metadata& metadata) {
-  const std::string bytes = serialize_safetensors(tensors, metadata);
-  write_file_atomic(path, bytes);
+  write_file_atomic(path, [&](std::ostream& out) { write_safetensors(out, tensors, metadata); });
 }
 
 }  // namespace amused::io

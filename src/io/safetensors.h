@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -79,7 +80,10 @@ StateDict load_safetensors(const std::filesystem::path& path);
 void save_safetensors(const std::filesystem::path& path, const StateDict& tensors,
                       const Metadata& metadata = {});
 
-// Serialises to bytes (used by save_safetensors and by tests that build corrupt files).
+// Streams the file's bytes to `out`, one tensor at a time (no copy of the whole file in memory).
+void write_safetensors(std::ostream& out, const StateDict& tensors, const Metadata& metadata = {});
+
+// Serialises to bytes (tests that build corrupt files, in-memory uses).
 std::string serialize_safetensors(const StateDict& tensors, const Metadata& metadata = {});
 
 // "F32" <-> torch dtype for the dtypes LibTorch can hold natively.

@@ -29,16 +29,6 @@ torch::ScalarType target_dtype(const std::string& key, const torch::Tensor& targ
 }
 }  // namespace
 
-std::optional<torch::ScalarType> mixed_bfloat16_dtype(const std::string& key, const torch::Tensor& param) {
-  // Normalisation parameters (the ConvNeXt blocks' GlobalResponseNorm gamma/beta are 4-D) stay
-  // float32; the adaptive norms' modulation projections (`normN.linear.weight`, 138M of the
-  // U-ViT's 604M parameters) are ordinary matrix weights and go to bfloat16 like the others.
-  const bool norm_param = key.find("norm") != std::string::npos && !ends_with(key, ".linear.weight");
-  const bool keep = norm_param || key.rfind("mlm_layer", 0) == 0 || key.rfind("quantize.", 0) == 0;
-  if (param.dim() >= 2 && !keep) return torch::kBFloat16;
-  return std::nullopt;
-}
-
 StateDict module_state_dict(const torch::nn::Module& module) {
   StateDict out;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) out.emplace(p.key(), p.value());

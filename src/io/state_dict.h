@@ -46,11 +46,6 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
 // (e.g. after random initialisation), with the same rules as load_state_dict.
 void convert_parameters(torch::nn::Module& module, const LoadOptions& options);
 
-// The CPU mixed-precision policy (a LoadOptions::dtype_for): matrix weights (linear, convolution,
-// embedding) in bfloat16; norms, biases, the U-ViT logits head (`mlm_layer.*`) and the VQ codebook
-// (`quantize.*`) keep their float32, since they decide tokens directly. docs/numerics.md.
-std::optional<torch::ScalarType> mixed_bfloat16_dtype(const std::string& key, const torch::Tensor& param);
-
 // The module's parameters and buffers by name (the state-dict view of a module).
 StateDict module_state_dict(const torch::nn::Module& module);
 

@@ -378,23 +378,4 @@ void CLIPTextModelWithProjectionImpl::init_weights() {
   }
 }
 
-// ----------------------------------------------------------------------------------- loading
-
-CLIPTextModelWithProjection load_clip_text_model(const std::filesystem::path& dir,
-                                                 const std::string& variant) {
-  const auto config_path = dir / "config.json";
-  const auto config = CLIPTextConfig::from_json(read_json_file(config_path), config_path.string());
-  const auto weights_path =
-      dir / (variant.empty() ? "model.safetensors" : "model." + variant + ".safetensors");
-  if (!std::filesystem::exists(weights_path))
-    throw CheckpointError(
-        "text encoder weights '" + weights_path.string() + "' not found" +
-        (variant.empty() ? std::string() : " (variant '" + variant + "'; try without a variant)"));
-  CLIPTextModelWithProjection model(config);
-  auto file = io::SafeTensorsFile::open(weights_path);
-  io::load_state_dict(*model, file->tensors(), weights_path.string());
-  model->eval();
-  return model;
-}
-
 }  // namespace amused::models

@@ -5,7 +5,7 @@
 // encoder_hidden_states) and the projected pooled output (`text_embeds`, the U-ViT's
 // pooled_text_emb).
 //
-//   auto te = amused::models::load_clip_text_model("amused-256/text_encoder");
+//   auto te = amused::load_text_encoder("amused-256/text_encoder");  // pipelines/components.h
 //   torch::NoGradGuard no_grad;
 //   auto out = te->forward(input_ids);  // [B, 77] int64
 //   out.penultimate_hidden_state;       // [B, 77, 768]
@@ -171,13 +171,5 @@ class CLIPTextModelWithProjectionImpl : public torch::nn::Module {
   CLIPTextConfig config_;
 };
 TORCH_MODULE(CLIPTextModelWithProjection);
-
-// Loads `<dir>/config.json` and `<dir>/model.safetensors` (or `model.<variant>.safetensors`) with
-// the strict loader; weights keep their float32 parameters (16-bit files are converted on load;
-// call
-// `->to(dtype)` afterwards for half precision). Returns the model in eval mode. Throws ConfigError
-// / CheckpointError naming the file.
-CLIPTextModelWithProjection load_clip_text_model(const std::filesystem::path& text_encoder_dir,
-                                                 const std::string& variant = "");
 
 }  // namespace amused::models

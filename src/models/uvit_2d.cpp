@@ -500,27 +500,4 @@ void UVit2DModelImpl::init_weights() {
   }
 }
 
-// ---------------------------------------------------------------- loader
-
-UVit2DModel load_uvit_2d(const std::filesystem::path& transformer_dir, const std::string& variant,
-                         torch::Dtype dtype) {
-  const auto config_path = transformer_dir / "config.json";
-  const auto config = UVit2DConfig::from_json(read_json_file(config_path), config_path.string());
-  const std::string file_name = variant.empty()
-                                    ? "diffusion_pytorch_model.safetensors"
-                                    : "diffusion_pytorch_model." + variant + ".safetensors";
-  const auto weights_path = transformer_dir / file_name;
-  if (!std::filesystem::exists(weights_path)) {
-    throw CheckpointError(
-        weights_path.string() + ": file not found; expected the UVit2DModel weights" +
-        (variant.empty() ? std::string(" (is there only a variant file, e.g. fp16?)")
-                         : " for variant \"" + variant + "\""));
-  }
-  UVit2DModel model(config);
-  model->to(dtype);
-  const auto file = io::SafeTensorsFile::open(weights_path);
-  io::load_state_dict(*model, file->tensors(), weights_path.string());
-  return model;
-}
-
 }  // namespace amused::models

@@ -1,5 +1,5 @@
 // UVit2DModel: aMUSEd's masked-token predictor (token grid + CLIP text -> logits over the VQ
-// codebook), its config, sub-blocks and a small loader for a diffusers `transformer/` folder.
+// codebook), its config and sub-blocks.
 // Ref: diffusers/models/unets/uvit_2d.py (UVit2DModel, UVit2DConvEmbed, UVitBlock, ConvNextBlock,
 // ConvMlmLayer); diffusers/models/downsampling.py, upsampling.py (Downsample2D, Upsample2D).
 #pragma once
@@ -15,6 +15,7 @@
 #include "nn/embeddings.h"
 #include "nn/layers.h"
 #include "nn/normalization.h"
+#include "nn/precision.h"
 
 namespace amused::models {
 
@@ -124,7 +125,8 @@ class UVitBlockImpl : public torch::nn::Module {
 TORCH_MODULE(UVitBlock);
 
 // 1x1 conv -> RMSNorm over channels -> 1x1 conv to codebook logits.
-class ConvMlmLayerImpl : public torch::nn::Module {
+// The logits head decides tokens: the mixed-precision policy keeps it float32 (nn/precision.h).
+class ConvMlmLayerImpl : public torch::nn::Module, public nn::KeepsFloat32 {
  public:
   ConvMlmLayerImpl(int64_t block_out_channels, int64_t in_channels, bool use_bias,
                    bool ln_elementwise_affine, double layer_norm_eps, int64_t codebook_size);
@@ -139,7 +141,7 @@ TORCH_MODULE(ConvMlmLayer);
 
 class UVit2DModelImpl : public torch::nn::Module {
  public:
-  // Parameters are allocated uninitialised: load weights (load_uvit_2d / io::load_state_dict) or
+  // Parameters are allocated uninitialised: load weights (pipelines/components.h) or
   // call init_weights().
   explicit UVit2DModelImpl(const UVit2DConfig& config);
 
@@ -181,11 +183,5 @@ class UVit2DModelImpl : public torch::nn::Module {
   UVit2DConfig config_;
 };
 TORCH_MODULE(UVit2DModel);
-
-// Loads `<transformer_dir>/config.json` and `diffusion_pytorch_model[.<variant>].safetensors`
-// (strict: every key and shape must match). Weights are converted to `dtype` (zero-copy when the
-// file already has it). Throws ConfigError / CheckpointError naming the file.
-UVit2DModel load_uvit_2d(const std::filesystem::path& transformer_dir,
-                         const std::string& variant = "", torch::Dtype dtype = torch::kFloat32);
 
 }  // namespace amused::models

@@ -2,14 +2,15 @@
 
 #include "amused/error.h"
 #include "core/memory.h"
+#include "nn/execution.h"
 
 namespace amused::models {
 namespace {
 
-// Under no-grad (inference) the freshly computed temporaries below are updated in place, which
-// keeps one activation less alive at the full-resolution stages of a 512x512 decode. With
-// autograd enabled every op stays out-of-place so the model remains trainable.
-bool may_work_in_place() { return !torch::GradMode::is_enabled(); }
+// Inference (nn/execution.h): the freshly computed temporaries below are updated in place, which
+// keeps one activation less alive at the full-resolution stages of a 512x512 decode. Training
+// keeps every op out-of-place so the model remains differentiable.
+bool may_work_in_place() { return nn::inference_fast_paths(); }
 
 // Registers `items` as a ModuleList named `name` ("resnets.0", "resnets.1", ...).
 template <typename Holder>
@@ -326,7 +327,7 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& input) {
     // Inference: each up block's activations are 4x larger than the last's and rarely fit the
     // holes freed before; handing the freed pages back keeps them from piling up (-80 MiB peak
     // at 256x256, a few ms). Training keeps its activations for backward anyway.
-    if (!torch::GradMode::is_enabled()) release_free_memory();
+    if (nn::inference_fast_paths()) release_free_memory();
   }
   // norm_type "group": latent_embeds is None, so conv_norm_out is a plain GroupNorm; conv_act = nn.SiLU().
   return norm_act_conv(conv_norm_out, "silu", conv_out, sample);

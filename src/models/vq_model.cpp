@@ -260,23 +260,6 @@ bool VQModelImpl::is_encoder_key(const std::string& key) {
 }
 
 // ---------------------------------------------------------------------------------------------
-VQModel load_vq_model(const std::filesystem::path& vqvae_dir, const std::string& variant) {
-  const auto config_path = vqvae_dir / "config.json";
-  const auto config = VQModelConfig::from_json(read_json_file(config_path), config_path.string());
-  const std::string weights_name =
-      "diffusion_pytorch_model" + (variant.empty() ? "" : "." + variant) + ".safetensors";
-  const auto weights_path = vqvae_dir / weights_name;
-  if (!std::filesystem::exists(weights_path))
-    throw CheckpointError("VQ weights '" + weights_path.string() + "' not found" +
-                          (variant.empty()
-                               ? std::string("")
-                               : " (variant '" + variant + "'; try without a variant)"));
-  VQModel model(config, config_path.string());
-  const auto file = io::SafeTensorsFile::open(weights_path);
-  io::load_state_dict(*model, file->tensors(), weights_path.string());
-  return model;
-}
-
 torch::Tensor to_uint8_nhwc(const torch::Tensor& images_nchw) {
   if (images_nchw.dim() != 4)
     throw InvalidArgument("to_uint8_nhwc: expected images [B, C, H, W], got " +

@@ -2,7 +2,7 @@
 // encoder + quant_conv (encode), nearest-codebook quantisation (VectorQuantizer), codebook lookup +
 // post_quant_conv + decoder (decode of token ids). Pixels are in [0, 1]; no scaling factor.
 //
-//   auto vq = load_vq_model(repo / "vqvae");                  // float32, CPU
+//   auto vq = amused::load_vqvae(repo / "vqvae");             // pipelines/components.h
 //   torch::NoGradGuard no_grad;
 //   auto ids = vq->quantize_indices(vq->encode(pixels));      // [B, 3, H, W] -> [B, H/f, W/f]
 //   auto images = to_uint8_nhwc(vq->decode_tokens(ids));      // [B, H, W, 3] uint8
@@ -20,6 +20,7 @@
 
 #include "models/vae_blocks.h"
 #include "nn/layers.h"
+#include "nn/precision.h"
 
 namespace amused::models {
 
@@ -56,7 +57,8 @@ struct VQModelConfig {
 };
 
 // Ref: diffusers VectorQuantizer(n_e, vq_embed_dim, beta=0.25, remap=None, legacy=True).
-class VectorQuantizerImpl : public torch::nn::Module {
+// The codebook decides tokens: the mixed-precision policy keeps it float32 (nn/precision.h).
+class VectorQuantizerImpl : public torch::nn::Module, public nn::KeepsFloat32 {
  public:
   VectorQuantizerImpl(int64_t n_e, int64_t vq_embed_dim, double beta = 0.25);
 
@@ -118,11 +120,6 @@ class VQModelImpl : public torch::nn::Module {
   VQModelConfig config_;
 };
 TORCH_MODULE(VQModel);
-
-// Reads <vqvae_dir>/config.json and diffusion_pytorch_model[.<variant>].safetensors into a
-// float32 CPU model (16-bit weights are upcast, as force_upcast does). Throws ConfigError,
-// CheckpointError or IoError naming the file.
-VQModel load_vq_model(const std::filesystem::path& vqvae_dir, const std::string& variant = "");
 
 // The reference's image post-processing (pipeline `.clip(0, 1)` + VaeImageProcessor to "pil"):
 // [B, 3, H, W] float -> clip(0, 1) -> [B, H, W, 3] -> round(x * 255) (half to even, in float32)

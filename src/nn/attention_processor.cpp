@@ -1,6 +1,7 @@
 #include "nn/attention_processor.h"
 
 #include "nn/cond_cache.h"
+#include "nn/execution.h"
 #include "nn/matmul.h"
 
 #include <cmath>
@@ -32,24 +33,23 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     return t.reshape({batch_size, -1, heads, dim_head}).transpose(1, 2);
   };
 
-  if (wdtype != adtype && !torch::GradMode::is_enabled() && !to_q->bias.defined() &&
-      !to_k->bias.defined() && !to_v->bias.defined()) {
+  if (wdtype != adtype && inference_fast_paths()) {
     // Mixed precision (16-bit weights, float32 activations), inference: the projections and both
     // attention products run on the 16-bit kernels and q, k, v and the attention output stay in
-    // the weights' dtype between them. The float32 path below would cast each of them to float32
-    // and straight back, which is exact, so this is the same arithmetic with less memory traffic
-    // (bit-identical, tests/unit/test_attention.cpp). The softmax stays in float32.
-    auto low = [&](LinearImpl& proj, const torch::Tensor& x) { return proj.product_in_weight_dtype(x); };
+    // the weights' dtype between them. The plain path below casts each of them to float32 and
+    // straight back, which is exact, so this is the same arithmetic with less memory traffic
+    // (bit-identical, tests/unit/test_attention.cpp). Every projection goes through its Linear
+    // (bias included). The softmax stays in float32.
     torch::Tensor key, value;
     if (encoder_hidden_states.defined()) {
       // Cross-attention: keys and values depend on the text only (reused across denoising steps).
-      key = memo(to_k.get(), {context}, [&] { return low(*to_k, context); });
-      value = memo(to_v.get(), {context}, [&] { return low(*to_v, context); });
+      key = memo(to_k.get(), {context}, [&] { return to_k->forward_in_weight_dtype(context); });
+      value = memo(to_v.get(), {context}, [&] { return to_v->forward_in_weight_dtype(context); });
     } else {
-      key = low(*to_k, context);
-      value = low(*to_v, context);
+      key = to_k->forward_in_weight_dtype(context);
+      value = to_v->forward_in_weight_dtype(context);
     }
-    auto query = split_heads(low(*to_q, hidden_states));
+    auto query = split_heads(to_q->forward_in_weight_dtype(hidden_states));
     auto scores = torch::matmul(query, split_heads(key).transpose(-1, -2)).to(adtype);
     auto attention_probs = (scores * scale).softmax(-1);
     auto out = torch::matmul(attention_probs.to(wdtype), split_heads(value));
@@ -58,6 +58,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     return to_out_1(to_out_0->forward_from_weight_dtype(out, adtype));
   }
 
+  // Plain arithmetic (training, float32, or any forward outside an inference scope). With 16-bit
+  // weights the products run in the weights' dtype (Linear's mixed rule); the softmax in float32.
   auto query = to_q(hidden_states);
   torch::Tensor key, value;
   if (encoder_hidden_states.defined()) {
@@ -73,9 +75,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
 
   // [B, heads, N, M]; softmax in the tensors' own dtype: the reference processor does not upcast.
   torch::Tensor out;
-  if (wdtype != query.scalar_type() && !torch::GradMode::is_enabled()) {
-    // Mixed precision with biased projections: the two attention products run on the 16-bit
-    // kernels like the projections; the softmax stays in float32.
+  const bool low_weights = wdtype == torch::kBFloat16 || wdtype == torch::kFloat16;
+  if (low_weights && wdtype != query.scalar_type()) {
     auto scores = torch::matmul(query.to(wdtype), key.to(wdtype).transpose(-1, -2)).to(query.scalar_type());
     auto attention_probs = (scores * scale).softmax(-1);
     out = torch::matmul(attention_probs.to(wdtype), value.to(wdtype)).to(query.scalar_type());

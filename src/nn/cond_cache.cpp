@@ -1,5 +1,7 @@
 #include "nn/cond_cache.h"
 
+#include "nn/execution.h"
+
 namespace amused::nn {
 namespace {
 thread_local ConditioningCache* g_active = nullptr;
@@ -11,7 +13,7 @@ ConditioningCache::~ConditioningCache() { g_active = previous_; }
 torch::Tensor memo(const void* key, std::initializer_list<torch::Tensor> inputs,
                    const std::function<torch::Tensor()>& compute) {
   ConditioningCache* cache = g_active;
-  if (cache == nullptr || torch::GradMode::is_enabled()) return compute();
+  if (cache == nullptr || !inference_fast_paths()) return compute();
   auto it = cache->entries_.find(key);
   if (it != cache->entries_.end() && it->second.inputs.size() == inputs.size()) {
     bool same = true;

@@ -3,7 +3,7 @@
 // In aMUSEd every step feeds the transformer the same text states, pooled embedding and
 // micro-conditioning; only the tokens change. The text projection, the cross-attention keys and
 // values, the kv mappers and every adaptive-norm modulation are therefore the same at each step.
-// While a ConditioningCache is active (and autograd is off), `memo(module, inputs, compute)`
+// While a ConditioningCache is active in an inference scope (nn/execution.h), `memo(module, inputs, compute)`
 // returns the value computed at the first step for the same module and the same input tensors;
 // without an active cache (training, or any plain forward) it simply computes. Results are
 // bit-identical to recomputing.

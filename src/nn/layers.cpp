@@ -1,5 +1,7 @@
 #include "nn/layers.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 
 #include "nn/matmul.h"
@@ -25,6 +27,11 @@ namespace {
 // Mixed precision: a 16-bit weight with a wider input computes the product in the weight's dtype
 // (the 16-bit matrix kernels) and returns the input's dtype; the bias is added in that dtype.
 bool mixed(const torch::Tensor& x, const torch::Tensor& w) { return x.scalar_type() != w.scalar_type(); }
+// Under autocast (training's mixed precision: float32 weights, 16-bit activations) the products
+// are LibTorch's to cast; the 16-bit-weight rule above is for weights stored in 16 bits.
+bool mixed_product(const torch::Tensor& x, const torch::Tensor& w) {
+  return mixed(x, w) && !at::autocast::is_cpu_enabled() && !at::autocast::is_enabled();
+}
 // `y` is always a fresh tensor here (the cast of the 16-bit product), so the bias goes in in place:
 // autograd saves neither the cast's output nor an addition's operands, and inference saves one
 // activation-sized temporary per layer.
@@ -38,7 +45,7 @@ torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias, int64_t chann
 }  // namespace
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  if (mixed(x, weight))
+  if (mixed_product(x, weight))
     return add_bias(torch::nn::functional::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type()), bias, -1);
   return nn::linear(x, weight, bias);
 }
@@ -49,6 +56,10 @@ torch::Tensor LinearImpl::forward_from_weight_dtype(const torch::Tensor& x_low, 
   if (out_dtype == weight.scalar_type()) return nn::linear(x_low, weight, bias);
   return add_bias(torch::nn::functional::linear(x_low, weight).to(out_dtype), bias, -1);
 }
+torch::Tensor LinearImpl::forward_in_weight_dtype(const torch::Tensor& x) {
+  if (!bias.defined()) return product_in_weight_dtype(x);
+  return forward(x).to(weight.scalar_type());
+}
 void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }
 
 Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, int64_t g, bool has_bias)
@@ -57,11 +68,11 @@ Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t k, int64_t s, int64_t p,
   if (has_bias) bias = register_parameter("bias", torch::empty({out}));
 }
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x) {
-  if (mixed(x, weight)) return forward_from_weight_dtype(x.to(weight.scalar_type()), x.scalar_type());
+  if (mixed_product(x, weight)) return forward_from_weight_dtype(x.to(weight.scalar_type()), x.scalar_type());
   return torch::conv2d(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, groups);
 }
 torch::Tensor Conv2dImpl::forward_owned(torch::Tensor x) {
-  if (!mixed(x, weight)) return forward(x);
+  if (!mixed_product(x, weight)) return forward(x);
   const auto out_dtype = x.scalar_type();
   torch::Tensor low = x.to(weight.scalar_type());
   x = torch::Tensor();

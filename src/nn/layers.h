@@ -21,6 +21,10 @@ class LinearImpl : public torch::nn::Module {
   // bias. forward(x) == forward_from_weight_dtype(x.to(weight dtype), x dtype), bit for bit.
   torch::Tensor product_in_weight_dtype(const torch::Tensor& x);
   torch::Tensor forward_from_weight_dtype(const torch::Tensor& x_low, torch::ScalarType out_dtype);
+  // forward(x) cast to the weight's dtype, for callers that keep the result in 16 bits (attention's
+  // q, k, v). Without a bias that is the 16-bit product itself (the float32 round trip is exact);
+  // with one, the bias is added in forward()'s dtype first, so nothing is ever skipped.
+  torch::Tensor forward_in_weight_dtype(const torch::Tensor& x);
   void reset_parameters();
   int64_t in_features, out_features;
   torch::Tensor weight, bias;  // bias undefined when bias=false

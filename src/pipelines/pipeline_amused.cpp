@@ -17,9 +17,11 @@
 #include "core/memory.h"
 #include "core/threads.h"
 #include "io/diffusers_repo.h"
+#include "pipelines/components.h"
 #include "io/state_dict.h"
 #include "models/flops.h"
 #include "nn/cond_cache.h"
+#include "nn/execution.h"
 #include "amused/image_io.h"
 #include "amused/system.h"
 
@@ -251,6 +253,47 @@ GenerationResult Pipeline::Impl::make_result(const torch::Tensor& latents, const
 
 // ------------------------------------------------------------------------------------------ load
 
+void Pipeline::Impl::adopt(Components c) {
+  tokenizer = std::move(c.tokenizer);
+  text_encoder = c.text_encoder;
+  transformer = c.transformer;
+  vqvae = c.vqvae;
+  vq_encoder_loader = std::move(c.load_vq_encoder);
+  scheduler_config = c.scheduler_config;
+  sample_size = transformer->config().sample_size;
+  vq_scale_factor = vqvae->config().scale_factor();
+  auto& s = summary;
+  s.device = device.str();
+  s.dtype = dtype_name(dtype);
+  s.vq_scale_factor = static_cast<int>(vq_scale_factor);
+  s.default_width = s.default_height = static_cast<int>(sample_size * vq_scale_factor);
+  s.codebook_size = transformer->config().codebook_size;
+  s.mask_token_id = scheduler_config.mask_token_id;
+  s.masking_schedule = scheduler_config.masking_schedule;
+  const int64_t grid = sample_size;
+  s.transformer_gflop = models::uvit_2d_flops(transformer->config(), grid, grid) / 1e9;
+  s.vq_decode_gflop = models::vq_decode_flops(vqvae->config(), grid, grid) / 1e9;
+  s.text_encoder_gflop = models::clip_text_flops(text_encoder->config()) / 1e9;
+  auto count = [](const torch::nn::Module& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  s.transformer_parameters = count(*transformer);
+  s.vq_parameters = count(*vqvae);
+  s.text_encoder_parameters = count(*text_encoder);
+}
+
+std::unique_ptr<Pipeline> PipelineAccess::from_components(Components components, const torch::Device& device) {
+  auto impl = std::make_unique<Pipeline::Impl>();
+  impl->device = device;
+  impl->dtype = torch::kFloat32;
+  impl->adopt(std::move(components));
+  impl->summary.threads = at::get_num_threads();
+  return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
+}
+
+
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Pipeline::~Pipeline() = default;
 const ModelSummary& Pipeline::summary() const { return impl_->summary; }
@@ -275,111 +318,26 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   log_phase("model folder resolved", seconds_since(t0));
 
   torch::NoGradGuard no_grad;
-  impl->tokenizer = ClipTokenizer::from_folder(options.tokenizer_dir.empty()
-                                                   ? repo.component_dir("tokenizer")
-                                                   : std::filesystem::path(options.tokenizer_dir));
-
-  io::LoadOptions lo;
-  lo.device = impl->device;
-  lo.dtype = impl->dtype;
+  ComponentOptions co;
+  co.device = impl->device;
   // Mixed precision on the CPU: matrix weights (linear, convolution, embedding) in bfloat16 for the
   // fast 16-bit kernels and half the memory; norms, the residual stream and every other activation
   // in float32, which keeps the sampled tokens faithful to the float32 reference (docs/numerics.md).
   // The logits head and the VQ codebook stay float32 (they decide tokens directly).
-  if (impl->device.is_cpu() && impl->dtype == torch::kBFloat16) {
-    impl->dtype = torch::kFloat32;
-    lo.dtype = torch::kFloat32;
-    lo.dtype_for = io::mixed_bfloat16_dtype;
-  }
-  // Weights from the component's files, or (benchmarks) random ones in the requested dtype/device.
-  auto fill = [&](torch::nn::Module& module, const std::string& name, const io::LoadOptions& o,
-                  const std::function<void()>& init_weights) {
-    if (options.random_weights) {
-      // Convert the (still untouched) parameters first, so random initialisation happens in the
-      // final dtype and never holds a float32 copy of a 16-bit model.
-      io::convert_parameters(module, o);
-      init_weights();
-    } else {
-      io::load_state_dict(module, repo.component_weights(name), repo.component_dir(name).string(), o);
-    }
-    module.eval();
-  };
-  auto config_source = [&](const std::string& name, const char* file) {
-    return (repo.component_dir(name) / file).string();
-  };
-  {
-    auto cfg = CLIPTextConfig::from_json(repo.component_config("text_encoder"),
-                                         config_source("text_encoder", "config.json"));
-    impl->text_encoder = CLIPTextModelWithProjection(cfg);
-    fill(*impl->text_encoder, "text_encoder", lo, [&] { impl->text_encoder->init_weights(); });
-    log_phase("text encoder loaded", seconds_since(t0));
-  }
-  {
-    auto cfg =
-        UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json"));
-    impl->sample_size = cfg.sample_size;
-    impl->transformer = UVit2DModel(cfg);
-    fill(*impl->transformer, "transformer", lo, [&] { impl->transformer->init_weights(); });
-    log_phase("transformer loaded", seconds_since(t0));
-  }
-  {
-    auto cfg = VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
-    impl->vq_scale_factor = cfg.scale_factor();
-    impl->vqvae = VQModel(cfg);
-    io::LoadOptions vq_lo = lo;
-    // force_upcast: the VQ-GAN's activations stay float32 (with mixed precision its convolution
-    // weights are 16-bit like the other models').
-    vq_lo.dtype = torch::kFloat32;
-    // The encode path is checked now but loaded on the first edit (load_vq_encoder).
-    vq_lo.defer = models::VQModelImpl::is_encoder_key;
-    io::LoadOptions enc_lo = vq_lo;  // for the deferred part: only the encode path's keys
-    enc_lo.defer = [](const std::string& key) { return !models::VQModelImpl::is_encoder_key(key); };
-    enc_lo.partial = true;
-    Pipeline::Impl* m = impl.get();
-    if (options.random_weights) {
-      fill(*impl->vqvae, "vqvae", vq_lo, [&] { impl->vqvae->init_decoder_weights(); });
-      impl->vq_encoder_loader = [m, enc_lo] {
-        io::convert_parameters(*m->vqvae, enc_lo);
-        m->vqvae->init_encoder_weights();
-      };
-    } else {
-      io::StateDict weights = repo.component_weights("vqvae");
-      const std::string source = repo.component_dir("vqvae").string();
-      io::load_state_dict(*impl->vqvae, weights, source, vq_lo);
-      impl->vqvae->eval();
-      io::StateDict encoder_weights;
-      for (auto& [key, t] : weights)
-        if (models::VQModelImpl::is_encoder_key(key)) encoder_weights.emplace(key, t);
-      impl->vq_encoder_loader = [m, enc_lo, source, w = std::move(encoder_weights)] {
-        io::load_state_dict(*m->vqvae, w, source, enc_lo);
-      };
-    }
-  }
-  impl->scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
-                                                            config_source("scheduler", "scheduler_config.json"));
+  const bool mixed = impl->device.is_cpu() && impl->dtype == torch::kBFloat16;
+  co.precision = mixed ? Precision::kMixedBFloat16
+                       : impl->dtype == torch::kFloat16 ? Precision::kFloat16 : Precision::kFloat32;
+  if (mixed) impl->dtype = torch::kFloat32;  // the activations' dtype
+  co.random_weights = options.random_weights;
+  co.defer_vq_encoder = true;
+  co.tokenizer_dir = options.tokenizer_dir;
+  impl->adopt(load_components(repo, co));
+  log_phase("components loaded", seconds_since(t0));
 
   auto& s = impl->summary;
   s.path = repo.root().string();
-  s.device = impl->device.str();
-  s.dtype = lo.dtype_for ? "bfloat16" : dtype_name(impl->dtype);
+  s.dtype = mixed ? "bfloat16" : dtype_name(impl->dtype);
   s.threads = threads;
-  s.vq_scale_factor = static_cast<int>(impl->vq_scale_factor);
-  s.default_width = s.default_height = static_cast<int>(impl->sample_size * impl->vq_scale_factor);
-  s.codebook_size = impl->transformer->config().codebook_size;
-  s.mask_token_id = impl->scheduler_config.mask_token_id;
-  s.masking_schedule = impl->scheduler_config.masking_schedule;
-  const int64_t grid = impl->sample_size;
-  s.transformer_gflop = models::uvit_2d_flops(impl->transformer->config(), grid, grid) / 1e9;
-  s.vq_decode_gflop = models::vq_decode_flops(impl->vqvae->config(), grid, grid) / 1e9;
-  s.text_encoder_gflop = models::clip_text_flops(impl->text_encoder->config()) / 1e9;
-  auto count = [](const torch::nn::Module& m) {
-    int64_t n = 0;
-    for (const auto& p : m.parameters()) n += p.numel();
-    return n;
-  };
-  s.transformer_parameters = count(*impl->transformer);
-  s.vq_parameters = count(*impl->vqvae);
-  s.text_encoder_parameters = count(*impl->text_encoder);
   release_free_memory();  // conversion buffers
   s.load_seconds = seconds_since(t0);
   log_phase("load (" + s.dtype + ")", s.load_seconds);
@@ -528,7 +486,7 @@ GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
     latents = torch::stack(grids).to(m.device);
   }
 
-  torch::NoGradGuard no_grad;
+  nn::ExecutionScope inference(nn::ExecutionMode::kInference);  // fast paths, no autograd
   Timings timings;
   DenoiseRequest req = m.prepare(params, width, height, timings);
   at::Generator generator = make_cpu_generator(seed);

@@ -19,6 +19,7 @@
 #include "models/clip_text_model.h"
 #include "models/uvit_2d.h"
 #include "models/vq_model.h"
+#include "pipelines/components.h"
 #include "schedulers/scheduling_amused.h"
 
 namespace amused {
@@ -118,6 +119,14 @@ struct Pipeline::Impl {
   GenerationResult edit(const ImageToImageParams& params, const Image* mask);
 
   void sync() const;
+  // Takes the components' models (shared, not copied) and fills the summary's model figures.
+  void adopt(Components components);
+};
+
+// Builds pipelines from components already in memory, e.g. the trainer's validation images drawn
+// with the model being trained (its modules are shared: put them in eval mode first).
+struct PipelineAccess {
+  static std::unique_ptr<Pipeline> from_components(Components components, const torch::Device& device);
 };
 
 using Clock = std::chrono::steady_clock;

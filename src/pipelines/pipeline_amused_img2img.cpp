@@ -7,6 +7,8 @@
 #include "core/log.h"
 #include "pipelines/pipeline_amused.h"
 
+#include "nn/execution.h"
+
 namespace amused {
 
 namespace {
@@ -46,7 +48,7 @@ GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Im
   const int64_t np = static_cast<int64_t>(params.prompts.size());
   const uint64_t seed = params.seed.value_or(random_seed());
 
-  torch::NoGradGuard no_grad;
+  nn::ExecutionScope inference(nn::ExecutionMode::kInference);  // fast paths, no autograd
   Timings timings;
   DenoiseRequest req = prepare(params, image.width, image.height, timings);
   const int n = params.num_inference_steps;

@@ -2,6 +2,7 @@
 // pooling with quick_gelu in tiny-a; eos_token_id pooling with gelu in tiny-b).
 #include <gtest/gtest.h>
 
+#include "pipelines/components.h"
 #include "models/clip_text_model.h"
 #include "support/golden.h"
 
@@ -13,7 +14,7 @@ using amused::testing::matches_descriptor;
 
 void check_text_encoder_case(const std::string& id) {
   const auto& c = golden_case(id);
-  auto model = amused::models::load_clip_text_model(
+  auto model = amused::load_text_encoder(
       golden_path(c["model_path"].get<std::string>()) / "text_encoder");
   const auto input_ids = golden_tensor(c["inputs"]["input_ids"]);
   torch::NoGradGuard no_grad;

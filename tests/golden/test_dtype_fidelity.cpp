@@ -8,6 +8,8 @@
 #include "io/state_dict.h"
 #include "models/uvit_2d.h"
 #include "nn/cond_cache.h"
+#include "nn/execution.h"
+#include "pipelines/components.h"
 #include "pipelines/pipeline_amused.h"
 #include "support/golden.h"
 
@@ -57,7 +59,7 @@ Fidelity replay(const json& c, const std::string& dtype) {
   scheduler.set_timesteps(n, amused::to_scheduler_temperature(temp));
   at::Generator gen = amused::make_cpu_generator(args["generator"].get<uint64_t>());
   Fidelity f;
-  torch::NoGradGuard ng;
+  amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);  // as the pipeline runs
   amused::nn::ConditioningCache cache;
   for (int s = 0; s < steps; ++s) {
     auto sample = samples[s];
@@ -117,7 +119,7 @@ TEST(DtypeFidelity, BFloat16DecodedImages) {
   for (const auto& c : golden_cases_of_kind("pipeline_t2i")) {
     auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), lo);
     amused::Timings t;
-    torch::NoGradGuard g;
+    amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
     auto tokens = golden_tensor(c["outputs"]["final_tokens"]);
     auto images = pipe->impl().decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
     const double e = nmse(images, golden_tensor(c["outputs"]["images_np"]));
@@ -132,14 +134,13 @@ TEST(DtypeFidelitySlow, FullSizeTransformerLogits) {
   auto cfg = amused::models::UVit2DConfig::from_json(
       amused::read_json_file(golden_path("full-configs/amused-256/transformer/config.json")), "config");
   amused::models::UVit2DModel f32(cfg), mixed(cfg);
-  torch::NoGradGuard g;
+  amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
   torch::manual_seed(0);
   for (auto& p : f32->parameters()) p.normal_(0, 0.02);
   auto src = f32->named_parameters();
   for (auto& p : mixed->named_parameters()) p.value().copy_(src[p.key()]);
-  amused::io::LoadOptions o;
-  o.dtype_for = amused::io::mixed_bfloat16_dtype;
-  amused::io::convert_parameters(*mixed, o);
+  amused::io::convert_parameters(*mixed, amused::precision_load_options(*mixed, amused::Precision::kMixedBFloat16,
+                                                                        torch::kCPU));
   auto ids = torch::randint(0, cfg.codebook_size, {2, 16, 16});
   ids.index_put_({ids.lt(cfg.codebook_size / 2)}, cfg.vocab_size - 1);  // about half masked
   auto ehs = torch::randn({2, 77, cfg.encoder_hidden_size});

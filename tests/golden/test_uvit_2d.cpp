@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "pipelines/components.h"
 #include "models/uvit_2d.h"
 #include "support/golden.h"
 
@@ -18,9 +19,8 @@ const std::vector<std::string> kCaseIds = {
     "transformer/tiny-b/allmask", "transformer/tiny-b/mixed_cfg", "transformer/tiny-b/nonsquare"};
 
 UVit2DModel load_model(const nlohmann::json& c, torch::Dtype dtype = torch::kFloat32) {
-  auto model = amused::models::load_uvit_2d(
-      golden::golden_path(c.at("model_path").get<std::string>()) / "transformer", "", dtype);
-  model->eval();
+  auto model = amused::load_transformer(golden::golden_path(c.at("model_path").get<std::string>()) / "transformer");
+  model->to(dtype);
   return model;
 }
 

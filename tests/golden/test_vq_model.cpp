@@ -2,16 +2,16 @@
 // vq_decode (raw decoder output, clipped NHWC float, uint8) golden cases of both tiny models.
 #include <gtest/gtest.h>
 
+#include "pipelines/components.h"
 #include "models/vq_model.h"
 #include "support/golden.h"
 
 namespace {
-using amused::models::load_vq_model;
 using amused::models::VQModel;
 namespace gt = amused::testing;
 
 VQModel tiny_vq(const nlohmann::json& c) {
-  return load_vq_model(gt::golden_path(c["model_path"].get<std::string>()) / "vqvae");
+  return amused::load_vqvae(gt::golden_path(c["model_path"].get<std::string>()) / "vqvae");
 }
 
 TEST(VQModelGolden, EncodeMatchesReference) {

@@ -7,6 +7,7 @@
 
 #include "nn/attention_processor.h"
 #include "nn/cond_cache.h"
+#include "nn/execution.h"
 
 namespace {
 
@@ -44,7 +45,7 @@ TEST(AttentionMixed, SixteenBitIntermediatesAreBitIdentical) {
     a->eval();
     auto x = torch::randn({2, 37, 96});
     auto ctx = cross ? torch::randn({2, 11, 48}) : torch::Tensor();
-    torch::NoGradGuard g;
+    amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
     const auto expected = plain_mixed(*a, x, ctx);
     EXPECT_TRUE(torch::equal(a->forward(x, ctx), expected)) << (cross ? "cross" : "self");
     // With the conditioning cache (16-bit keys and values kept across steps), twice.
@@ -54,15 +55,20 @@ TEST(AttentionMixed, SixteenBitIntermediatesAreBitIdentical) {
   }
 }
 
-TEST(AttentionMixed, BiasedProjectionsTakeThePlainPath) {
+// Biased projections go through the same 16-bit path (the bias added by Linear before the cast).
+TEST(AttentionMixed, BiasedProjectionsAreBitIdentical) {
   torch::manual_seed(4);
   amused::nn::Attention a(64, std::nullopt, 2, 32, 0.0, /*bias=*/true);
   a->reset_parameters();
   to_mixed(*a);
   a->eval();
   auto x = torch::randn({1, 20, 64});
-  torch::NoGradGuard g;
+  const auto ctx = torch::randn({1, 9, 64});
+  amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
   EXPECT_TRUE(torch::equal(a->forward(x), plain_mixed(*a, x, {})));
+  amused::nn::ConditioningCache cache;
+  EXPECT_TRUE(torch::equal(a->forward(x, ctx), plain_mixed(*a, x, ctx)));
+  EXPECT_TRUE(torch::equal(a->forward(x, ctx), plain_mixed(*a, x, ctx)));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <regex>
 #include <set>
 
+#include "pipelines/components.h"
 #include "amused/error.h"
 #include "core/config.h"
 #include "io/safetensors.h"
@@ -189,7 +190,7 @@ TEST(CLIPTextModel, MissingKeyIsCheckpointErrorNamingIt) {
   sd.erase("text_model.encoder.layers.1.mlp.fc2.bias");
   amused::io::save_safetensors(tmp / "model.safetensors", sd);
   try {
-    amused::models::load_clip_text_model(tmp.path());
+    amused::load_text_encoder(tmp.path());
     FAIL() << "expected CheckpointError";
   } catch (const amused::CheckpointError& e) {
     const std::string msg = e.what();
@@ -198,7 +199,7 @@ TEST(CLIPTextModel, MissingKeyIsCheckpointErrorNamingIt) {
   }
   // A missing variant file names the file.
   try {
-    amused::models::load_clip_text_model(tmp.path(), "fp16");
+    amused::load_text_encoder(tmp.path(), {}, "fp16");
     FAIL() << "expected CheckpointError";
   } catch (const amused::CheckpointError& e) {
     EXPECT_NE(std::string(e.what()).find("model.fp16.safetensors"), std::string::npos) << e.what();
@@ -213,8 +214,8 @@ TEST(CLIPTextModel, VariantFileAndSixteenBitWeights) {
   auto sd = amused::io::load_safetensors(src / "model.safetensors");
   for (auto& [k, t] : sd) t = t.to(torch::kBFloat16);
   amused::io::save_safetensors(tmp / "model.bf16.safetensors", sd);
-  auto ref = amused::models::load_clip_text_model(src);
-  auto model = amused::models::load_clip_text_model(tmp.path(), "bf16");
+  auto ref = amused::load_text_encoder(src);
+  auto model = amused::load_text_encoder(tmp.path(), {}, "bf16");
   EXPECT_EQ(model->text_projection->weight.scalar_type(), torch::kFloat32);
   EXPECT_FALSE(model->is_training());
 

@@ -1,18 +1,20 @@
 // The conditioning cache: reused work is bit-identical to recomputing it, hits only for the same
-// inputs, and stays off while autograd records.
+// inputs, and stays off outside an inference scope (nn/execution.h).
 #include <gtest/gtest.h>
 
+#include "pipelines/components.h"
 #include "models/uvit_2d.h"
 #include "nn/cond_cache.h"
+#include "nn/execution.h"
 #include "support/golden.h"
 
 using namespace amused::testing;
 
 TEST(ConditioningCache, IdenticalLogitsAndHitsAcrossSteps) {
   AMUSED_REQUIRE_GOLDEN();
-  auto m = amused::models::load_uvit_2d(golden_path("models/tiny-b/transformer"));
+  auto m = amused::load_transformer(golden_path("models/tiny-b/transformer"));
   const auto& c = m->config();
-  torch::NoGradGuard g;
+  amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
   torch::manual_seed(0);
   auto ehs = torch::randn({2, 77, c.encoder_hidden_size});
   auto pooled = torch::randn({2, c.cond_embed_dim});
@@ -41,13 +43,43 @@ TEST(ConditioningCache, IdenticalLogitsAndHitsAcrossSteps) {
   }
 }
 
-TEST(ConditioningCache, InactiveWhileAutogradRecords) {
+TEST(ConditioningCache, InactiveOutsideInference) {
   amused::nn::ConditioningCache cache;
   int calls = 0;
   auto x = torch::ones({2});
-  torch::AutoGradMode on(true);
+  amused::nn::ExecutionScope training(amused::nn::ExecutionMode::kTraining);
   amused::nn::memo(&calls, {x}, [&] { ++calls; return x * 2; });
   amused::nn::memo(&calls, {x}, [&] { ++calls; return x * 2; });
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(cache.hits(), 0);
+}
+
+TEST(ConditioningCache, InactiveWithoutAScopeEvenUnderNoGrad) {
+  // Turning autograd off is not enough: only an inference scope selects the fast paths.
+  amused::nn::ConditioningCache cache;
+  int calls = 0;
+  auto x = torch::ones({2});
+  torch::NoGradGuard no_grad;
+  amused::nn::memo(&calls, {x}, [&] { ++calls; return x * 2; });
+  amused::nn::memo(&calls, {x}, [&] { ++calls; return x * 2; });
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(ExecutionScope, SetsModeAndAutogradAndRestoresBoth) {
+  using amused::nn::ExecutionMode;
+  EXPECT_EQ(amused::nn::execution_mode(), ExecutionMode::kTraining);
+  {
+    amused::nn::ExecutionScope inference(ExecutionMode::kInference);
+    EXPECT_TRUE(amused::nn::inference_fast_paths());
+    EXPECT_FALSE(torch::GradMode::is_enabled());
+    {
+      amused::nn::ExecutionScope training(ExecutionMode::kTraining);
+      EXPECT_FALSE(amused::nn::inference_fast_paths());
+      EXPECT_TRUE(torch::GradMode::is_enabled());
+    }
+    EXPECT_TRUE(amused::nn::inference_fast_paths());
+    EXPECT_FALSE(torch::GradMode::is_enabled());
+  }
+  EXPECT_EQ(amused::nn::execution_mode(), ExecutionMode::kTraining);
+  EXPECT_TRUE(torch::GradMode::is_enabled());
 }

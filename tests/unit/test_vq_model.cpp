@@ -4,11 +4,13 @@
 #include <fstream>
 #include <functional>
 
+#include "pipelines/components.h"
 #include "amused/error.h"
 #include "core/config.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
 #include "models/vq_model.h"
+#include "nn/execution.h"
 #include "support/golden.h"
 
 namespace {
@@ -146,13 +148,13 @@ TEST(VQModelLoader, LoadsFilesAndReportsMissingWeights) {
   VQModel source(VQModelConfig::from_json(small_config(), "c"));
   source->init_weights();
   { std::ofstream(dir / "config.json") << small_config().dump(); }
-  auto msg = error_of<amused::CheckpointError>([&] { amused::models::load_vq_model(dir.path()); });
+  auto msg = error_of<amused::CheckpointError>([&] { amused::load_vqvae(dir.path()); });
   EXPECT_NE(msg.find("diffusion_pytorch_model.safetensors"), std::string::npos) << msg;
 
   amused::io::StateDict half;
   for (const auto& [k, v] : amused::io::module_state_dict(*source)) half[k] = v.to(torch::kFloat16);
   amused::io::save_safetensors(dir / "diffusion_pytorch_model.fp16.safetensors", half);
-  auto vq = amused::models::load_vq_model(dir.path(), "fp16");
+  auto vq = amused::load_vqvae(dir.path(), {}, "fp16");
   EXPECT_EQ(vq->quantize->embedding->weight.scalar_type(), torch::kFloat32);
   EXPECT_TRUE(
       torch::equal(vq->decoder->conv_out->weight,
@@ -191,21 +193,22 @@ TEST(VQModelMixed, InferencePathEqualsTheAutogradPath) {
   amused::models::Upsample2D up(32, 32);
   for (auto& p : block->parameters()) p.detach().uniform_(-0.2, 0.2);
   for (auto& p : up->parameters()) p.detach().uniform_(-0.2, 0.2);
-  amused::io::LoadOptions o;
-  o.dtype_for = amused::io::mixed_bfloat16_dtype;
-  amused::io::convert_parameters(*block, o);
-  amused::io::convert_parameters(*up, o);
+  auto mixed = [](torch::nn::Module& m) {
+    amused::io::convert_parameters(m, amused::precision_load_options(m, amused::Precision::kMixedBFloat16, torch::kCPU));
+  };
+  mixed(*block);
+  mixed(*up);
   ASSERT_EQ(block->conv1->weight.scalar_type(), torch::kBFloat16);
   ASSERT_EQ(block->norm1->weight.scalar_type(), torch::kFloat32);
   // A whole up block: resnets with a shortcut (64 -> 32 channels) handed their input, up-sampling.
   amused::models::UpDecoderBlock2D up_block(64, 32, 2, 1e-6, "silu", 32, true);
   for (auto& p : up_block->parameters()) p.detach().uniform_(-0.2, 0.2);
-  amused::io::convert_parameters(*up_block, o);
+  mixed(*up_block);
   for (int64_t batch : {1, 2}) {
     const auto x = torch::randn({batch, 64, 12, 10});
     torch::Tensor fast, fast_owned, fast_block, plain, plain_block;
     {
-      torch::NoGradGuard g;
+      amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
       fast = up(block(x));
       fast_owned = up(block->forward_owned(x.clone()));
       fast_block = up_block(x.clone());

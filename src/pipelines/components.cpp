@@ -1,0 +1,287 @@
+#include "pipelines/components.h"
+
+#include <fstream>
+
+#include "amused/error.h"
+#include "core/config.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "nn/precision.h"
+
+namespace amused {
+namespace fs = std::filesystem;
+
+namespace {
+// The release whose file layout save_pretrained mirrors (the golden models were written by it).
+constexpr const char* kDiffusersVersion = "0.27.2";
+constexpr const char* kTransformersVersion = "4.38.0.dev0";
+
+// Weights into `module` from `weights` (or random ones), with the precision's load options.
+template <typename Model>
+void fill(Model& model, const std::function<io::StateDict()>& weights, const std::string& source,
+          const io::LoadOptions& lo, bool random_weights, const std::function<void()>& init_weights) {
+  if (random_weights) {
+    // Convert the (still untouched) parameters first, so random initialisation happens in the
+    // final dtype and never holds a float32 copy of a 16-bit model.
+    io::convert_parameters(*model, lo);
+    init_weights();
+  } else {
+    io::load_state_dict(*model, weights(), source, lo);
+  }
+  model->eval();
+}
+
+std::string weights_base(const std::string& component) {
+  return component == "text_encoder" ? "model" : "diffusion_pytorch_model";
+}
+
+std::string dump(const nlohmann::json& j) { return j.dump(2) + "\n"; }
+
+// What error messages name: the weight file when there is one, else the folder (shards).
+std::string weights_source(const std::vector<fs::path>& files, const fs::path& dir) {
+  return files.size() == 1 ? files.front().string() : dir.string();
+}
+}  // namespace
+
+io::LoadOptions precision_load_options(const torch::nn::Module& module, Precision precision,
+                                       const torch::Device& device, bool is_vqvae) {
+  io::LoadOptions lo;
+  lo.device = device;
+  switch (precision) {
+    case Precision::kFloat32:
+      lo.dtype = torch::kFloat32;
+      break;
+    case Precision::kMixedBFloat16:
+      // Matrix weights in bfloat16 by module type; activations float32. The VQ-GAN takes the same
+      // policy for its weights and keeps float32 activations (force_upcast).
+      lo.dtype = torch::kFloat32;
+      lo.dtype_for = nn::mixed_precision_dtype_for(module, torch::kBFloat16);
+      break;
+    case Precision::kFloat16:
+      // force_upcast: the VQ-GAN overflows in float16, so it stays float32 altogether.
+      lo.dtype = is_vqvae ? torch::kFloat32 : torch::kFloat16;
+      break;
+  }
+  return lo;
+}
+
+namespace {
+std::string source_of(const fs::path& dir, const std::string& variant, const ComponentOptions& options) {
+  if (options.random_weights) return dir.string();
+  return weights_source(io::folder_weight_files(dir, variant), dir);
+}
+}  // namespace
+
+models::UVit2DModel load_transformer(const fs::path& dir, const ComponentOptions& options, const std::string& variant) {
+  const auto config_path = dir / "config.json";
+  models::UVit2DModel model(models::UVit2DConfig::from_json(read_json_file(config_path), config_path.string()));
+  fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
+       precision_load_options(*model, options.precision, options.device), options.random_weights,
+       [&] { model->init_weights(); });
+  return model;
+}
+
+models::VQModel load_vqvae(const fs::path& dir, const ComponentOptions& options, const std::string& variant) {
+  const auto config_path = dir / "config.json";
+  models::VQModel model(models::VQModelConfig::from_json(read_json_file(config_path), config_path.string()),
+                        config_path.string());
+  fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
+       precision_load_options(*model, options.precision, options.device, /*is_vqvae=*/true), options.random_weights,
+       [&] { model->init_weights(); });
+  return model;
+}
+
+models::CLIPTextModelWithProjection load_text_encoder(const fs::path& dir, const ComponentOptions& options,
+                                                      const std::string& variant) {
+  const auto config_path = dir / "config.json";
+  models::CLIPTextModelWithProjection model(
+      models::CLIPTextConfig::from_json(read_json_file(config_path), config_path.string()));
+  fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
+       precision_load_options(*model, options.precision, options.device), options.random_weights,
+       [&] { model->init_weights(); });
+  return model;
+}
+
+Components load_components(const io::DiffusersRepo& repo, const ComponentOptions& options) {
+  Components c;
+  auto config_source = [&](const std::string& name, const char* file) {
+    return (repo.component_dir(name) / file).string();
+  };
+  c.tokenizer_dir = options.tokenizer_dir.empty() ? repo.component_dir("tokenizer") : options.tokenizer_dir;
+  c.tokenizer = ClipTokenizer::from_folder(c.tokenizer_dir);
+  {
+    auto cfg = models::CLIPTextConfig::from_json(repo.component_config("text_encoder"),
+                                                 config_source("text_encoder", "config.json"));
+    c.text_encoder = models::CLIPTextModelWithProjection(cfg);
+    fill(c.text_encoder, [&] { return repo.component_weights("text_encoder"); },
+         options.random_weights ? "" : weights_source(repo.weight_files("text_encoder"), repo.component_dir("text_encoder")),
+         precision_load_options(*c.text_encoder, options.precision, options.device), options.random_weights,
+         [&] { c.text_encoder->init_weights(); });
+  }
+  {
+    auto cfg = models::UVit2DConfig::from_json(repo.component_config("transformer"),
+                                               config_source("transformer", "config.json"));
+    c.transformer = models::UVit2DModel(cfg);
+    fill(c.transformer, [&] { return repo.component_weights("transformer"); },
+         options.random_weights ? "" : weights_source(repo.weight_files("transformer"), repo.component_dir("transformer")),
+         precision_load_options(*c.transformer, options.precision, options.device), options.random_weights,
+         [&] { c.transformer->init_weights(); });
+  }
+  {
+    auto cfg = models::VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
+    c.vqvae = models::VQModel(cfg);
+    models::VQModel vq = c.vqvae;
+    const io::LoadOptions vq_lo = precision_load_options(*vq, options.precision, options.device, /*is_vqvae=*/true);
+    if (!options.defer_vq_encoder) {
+      fill(vq, [&] { return repo.component_weights("vqvae"); },
+           options.random_weights ? "" : weights_source(repo.weight_files("vqvae"), repo.component_dir("vqvae")), vq_lo,
+           options.random_weights, [&] { vq->init_weights(); });
+    } else {
+      // The encode path is checked now but loaded on the first edit.
+      io::LoadOptions decoder_lo = vq_lo;
+      decoder_lo.defer = models::VQModelImpl::is_encoder_key;
+      io::LoadOptions encoder_lo = vq_lo;  // for the deferred part: only the encode path's keys
+      encoder_lo.defer = [](const std::string& key) { return !models::VQModelImpl::is_encoder_key(key); };
+      encoder_lo.partial = true;
+      if (options.random_weights) {
+        fill(vq, {}, "", decoder_lo, true, [&] { vq->init_decoder_weights(); });
+        c.load_vq_encoder = [vq, encoder_lo]() mutable {
+          io::convert_parameters(*vq, encoder_lo);
+          vq->init_encoder_weights();
+        };
+      } else {
+        io::StateDict weights = repo.component_weights("vqvae");
+        const std::string source = weights_source(repo.weight_files("vqvae"), repo.component_dir("vqvae"));
+        io::load_state_dict(*vq, weights, source, decoder_lo);
+        vq->eval();
+        io::StateDict encoder_weights;
+        for (auto& [key, t] : weights)
+          if (models::VQModelImpl::is_encoder_key(key)) encoder_weights.emplace(key, t);
+        c.load_vq_encoder = [vq, encoder_lo, source, w = std::move(encoder_weights)]() mutable {
+          io::load_state_dict(*vq, w, source, encoder_lo);
+        };
+      }
+    }
+  }
+  c.scheduler_config = AmusedSchedulerConfig::from_json(repo.component_config("scheduler"),
+                                                        config_source("scheduler", "scheduler_config.json"));
+  return c;
+}
+
+// ------------------------------------------------------------------------------- save_pretrained
+
+nlohmann::json transformer_config_file(const models::UVit2DConfig& config) {
+  nlohmann::json j = config.to_json();
+  j["_diffusers_version"] = kDiffusersVersion;
+  return j;
+}
+
+nlohmann::json vqvae_config_file(const models::VQModelConfig& config) {
+  nlohmann::json j = config.to_json();
+  j["_diffusers_version"] = kDiffusersVersion;
+  return j;
+}
+
+nlohmann::json text_encoder_config_file(const models::CLIPTextConfig& config, torch::ScalarType dtype) {
+  nlohmann::json j = config.to_json();
+  j["architectures"] = {"CLIPTextModelWithProjection"};
+  j["model_type"] = "clip_text_model";
+  j["torch_dtype"] = dtype == torch::kFloat16 ? "float16" : "float32";
+  j["transformers_version"] = kTransformersVersion;
+  return j;
+}
+
+nlohmann::json scheduler_config_file(const AmusedSchedulerConfig& config) { return config.to_json(); }
+
+nlohmann::json model_index_file() {
+  return {{"_class_name", "AmusedPipeline"},
+          {"_diffusers_version", kDiffusersVersion},
+          {"scheduler", {"diffusers", "AmusedScheduler"}},
+          {"text_encoder", {"transformers", "CLIPTextModelWithProjection"}},
+          {"tokenizer", {"transformers", "CLIPTokenizer"}},
+          {"transformer", {"diffusers", "UVit2DModel"}},
+          {"vqvae", {"diffusers", "VQModel"}}};
+}
+
+namespace {
+void check_variant(const SaveOptions& options) {
+  if (!options.variant.empty() && options.variant != "fp16")
+    throw InvalidArgument("save variant '" + options.variant + "' is not supported (\"\" for float32 or \"fp16\")");
+}
+
+// The tensors written for `module`: float32 (or float16 for the fp16 variant), whatever precision
+// the module runs in.
+io::StateDict weights_to_save(const torch::nn::Module& module, const SaveOptions& options) {
+  const auto dtype = options.variant == "fp16" ? torch::kFloat16 : torch::kFloat32;
+  io::StateDict out;
+  for (const auto& [key, t] : io::module_state_dict(module)) {
+    auto v = t.detach();
+    out.emplace(key, torch::isFloatingType(v.scalar_type()) ? v.to(torch::kCPU, dtype) : v.to(torch::kCPU));
+  }
+  return out;
+}
+
+std::string weight_file_name(const std::string& base, const SaveOptions& options) {
+  return base + (options.variant.empty() ? "" : "." + options.variant) + ".safetensors";
+}
+
+io::FileWriter weights_writer(const torch::nn::Module& module, const SaveOptions& options) {
+  return [&module, options](std::ostream& out) {
+    io::write_safetensors(out, weights_to_save(module, options), {{"format", "pt"}});
+  };
+}
+
+io::FileWriter text_writer(std::string text) {
+  return [text = std::move(text)](std::ostream& out) { out.write(text.data(), static_cast<std::streamsize>(text.size())); };
+}
+
+io::FileWriter copy_writer(const fs::path& from) {
+  return [from](std::ostream& out) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw IoError("cannot read '" + from.string() + "' to copy it");
+    out << in.rdbuf();
+  };
+}
+}  // namespace
+
+void save_weights(const torch::nn::Module& module, const fs::path& dir, const std::string& base,
+                  const SaveOptions& options) {
+  check_variant(options);
+  io::write_file_atomic(dir / weight_file_name(base, options), weights_writer(module, options));
+}
+
+void save_pretrained(const Components& c, const fs::path& folder, const SaveOptions& options) {
+  check_variant(options);
+  if (!c.tokenizer_dir.empty() && !fs::is_directory(c.tokenizer_dir))
+    throw IoError("tokenizer folder '" + c.tokenizer_dir.string() + "' is missing; cannot copy it");
+  std::error_code ec;
+  for (const char* sub : {"", "scheduler", "tokenizer", "text_encoder", "transformer", "vqvae"}) {
+    fs::create_directories(folder / sub, ec);
+    if (ec) throw IoError("cannot create '" + (folder / sub).string() + "': " + ec.message());
+  }
+  std::vector<std::pair<fs::path, io::FileWriter>> files;
+  files.emplace_back(folder / "model_index.json", text_writer(dump(model_index_file())));
+  files.emplace_back(folder / "scheduler" / "scheduler_config.json",
+                     text_writer(dump(scheduler_config_file(c.scheduler_config))));
+  for (const char* name : {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}) {
+    const fs::path from = c.tokenizer_dir / name;
+    if (fs::is_regular_file(from)) files.emplace_back(folder / "tokenizer" / name, copy_writer(from));
+  }
+  const auto te_dtype = options.variant == "fp16" ? torch::kFloat16 : torch::kFloat32;
+  files.emplace_back(folder / "text_encoder" / "config.json",
+                     text_writer(dump(text_encoder_config_file(c.text_encoder->config(), te_dtype))));
+  files.emplace_back(folder / "text_encoder" / weight_file_name(weights_base("text_encoder"), options),
+                     weights_writer(*c.text_encoder, options));
+  files.emplace_back(folder / "transformer" / "config.json",
+                     text_writer(dump(transformer_config_file(c.transformer->config()))));
+  files.emplace_back(folder / "transformer" / weight_file_name(weights_base("transformer"), options),
+                     weights_writer(*c.transformer, options));
+  files.emplace_back(folder / "vqvae" / "config.json", text_writer(dump(vqvae_config_file(c.vqvae->config()))));
+  files.emplace_back(folder / "vqvae" / weight_file_name(weights_base("vqvae"), options),
+                     weights_writer(*c.vqvae, options));
+  // Every file first goes to a synced temporary beside its target; only when all are written are
+  // they renamed into place (io/atomic_file.h).
+  io::write_files_atomic(files);
+}
+
+}  // namespace amused
