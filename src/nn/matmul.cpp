@@ -1,5 +1,7 @@
 #include "nn/matmul.h"
 
+#include <ATen/autocast_mode.h>
+
 #include "core/threads.h"
 
 namespace amused::nn {
@@ -56,8 +58,56 @@ std::pair<int64_t, int64_t> piece_range(int64_t size, int64_t i, int64_t n, int6
 
 bool splits_products() { return split_threads() > 1; }
 
+namespace {
+// Training: the same split products under autograd. Forward runs the split product (autograd is
+// off inside a custom function's forward); backward computes dL/dx = g w and dL/dw = g^T x as
+// split products too, and dL/db = the column sums of g, as LibTorch's own linear backward does.
+struct SplitLinearFunction : public torch::autograd::Function<SplitLinearFunction> {
+  // (LibTorch's custom functions take no undefined tensors: without a bias, the two-input form.)
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["has_bias"] = true;
+    return nn::linear(x, w, b);
+  }
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["has_bias"] = false;
+    return nn::linear(x, w);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    const int64_t N = w.size(0), K = w.size(1);
+    const auto g2 = grad_outputs[0].reshape({-1, N});  // [M, N]
+    torch::Tensor grad_x, grad_w, grad_b;
+    if (ctx->needs_input_grad(0)) grad_x = nn::linear(g2, w.t()).view(x.sizes());  // [M, N] x [N, K]
+    if (ctx->needs_input_grad(1)) grad_w = nn::linear(g2.t(), x.reshape({-1, K}).t());  // [N, M] x [M, K]
+    if (!ctx->saved_data["has_bias"].toBool()) return {grad_x, grad_w};
+    if (ctx->needs_input_grad(2)) grad_b = g2.sum(0);
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+// Operands the split could take if autograd did not need to see the product.
+bool splittable_with_grad(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  // Under autocast the products are LibTorch's to cast to 16 bits (out= products never are).
+  if (!torch::GradMode::is_enabled() || at::autocast::is_cpu_enabled()) return false;
+  for (const torch::Tensor* t : {&x, &w, &b})
+    if (t->defined() && (!t->device().is_cpu() || t->scalar_type() != torch::kFloat32)) return false;
+  return x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad());
+}
+}  // namespace
+
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   const int threads = split_threads();
+  if (threads > 1 && x.dim() >= 2 && w.dim() == 2 && x.size(-1) == w.size(1) && splittable_with_grad(x, w, b)) {
+    const int64_t M = x.numel() / std::max<int64_t>(1, x.size(-1)), N = w.size(0), K = w.size(1);
+    if (static_cast<double>(M) * N * K >= kMinSplitMultiplyAdds && M >= kMinRowsPerThread * threads)
+      return b.defined() ? SplitLinearFunction::apply(x, w, b) : SplitLinearFunction::apply(x, w);
+  }
   // Wrong shapes take LibTorch's path, which names them in its error.
   if (threads > 1 && x.dim() >= 2 && w.dim() == 2 && x.size(-1) == w.size(1) && eligible({&x, &w, &b})) {
     const int64_t N = w.size(0), K = w.size(1);

@@ -12,9 +12,10 @@
 // Each piece is a block of output rows (or of batch entries) that the BLAS computes exactly as it
 // would inside one single-threaded call over the whole product (row blocks are aligned to the
 // kernel's tiles, see matmul.cpp), so the result is bit-identical to single-threaded BLAS whatever
-// the thread count (tests/unit/test_matmul.cpp). Anything else (other dtypes and devices, small
-// products, autograd through the operands, OpenBLAS not single-threaded) takes LibTorch's own path
-// unchanged.
+// the thread count (tests/unit/test_matmul.cpp). linear() under autograd (training) splits too,
+// through a custom autograd function whose backward products (dL/dx = g w, dL/dw = g^T x) are
+// split the same way. Anything else (other dtypes and devices, small products, autocast, batched
+// products under autograd, OpenBLAS not single-threaded) takes LibTorch's own path unchanged.
 #pragma once
 
 #include <torch/torch.h>

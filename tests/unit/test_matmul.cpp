@@ -111,6 +111,38 @@ TEST_F(Matmul, AutogradStillSeesTheProduct) {
   EXPECT_FALSE(amused::nn::linear(x, w).requires_grad());
 }
 
+// Training: under autograd the split runs through a custom function whose gradients are LibTorch's
+// own linear backward (bit for bit where the BLAS splits exactly, within float32 rounding always).
+TEST_F(Matmul, TrainingSplitGivesLibTorchsGradients) {
+  if (!amused::blas_single_threaded()) GTEST_SKIP() << "the BLAS here is not OpenBLAS";
+  torch::manual_seed(1);
+  for (const bool bias : {true, false}) {
+    auto x = torch::randn({2, 256, 512}, torch::requires_grad());
+    auto w = torch::randn({768, 512}, torch::requires_grad());
+    auto b = bias ? torch::randn({768}, torch::requires_grad()) : torch::Tensor();
+    auto g = torch::randn({2, 256, 768});
+    auto y = amused::nn::linear(x, w, b);
+    // The split path ran: its node is the custom function, not LibTorch's linear.
+    ASSERT_TRUE(y.grad_fn());
+    EXPECT_NE(y.grad_fn()->name().find("SplitLinearFunction"), std::string::npos) << y.grad_fn()->name();
+    y.backward(g);
+    const auto gx = x.grad().clone(), gw = w.grad().clone();
+    const auto gb = bias ? b.grad().clone() : torch::Tensor();
+    x.mutable_grad().reset();
+    w.mutable_grad().reset();
+    if (bias) b.mutable_grad().reset();
+    auto ref = unsplit([&] { return torch::nn::functional::linear(x, w, b); });
+    EXPECT_TRUE(torch::allclose(y, ref, 1e-5, 1e-5));
+    unsplit([&] {
+      ref.backward(g);
+      return ref;
+    });
+    EXPECT_TRUE(torch::allclose(gx, x.grad(), 1e-5, 1e-4)) << (gx - x.grad()).abs().max().item<float>();
+    EXPECT_TRUE(torch::allclose(gw, w.grad(), 1e-5, 1e-3)) << (gw - w.grad()).abs().max().item<float>();
+    if (bias) EXPECT_TRUE(torch::allclose(gb, b.grad(), 1e-5, 1e-3));
+  }
+}
+
 TEST_F(Matmul, WorksUnderInferenceMode) {
   c10::InferenceMode guard;
   auto x = torch::randn({2, 256, 1024});
