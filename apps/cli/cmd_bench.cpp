@@ -6,11 +6,17 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
+#include <random>
+#include <unistd.h>
 
 #include "amused/amused.h"
 #include "amused/pipeline.h"
 #include "amused/system.h"
+#include "amused/train.h"
+#include "amused/image_io.h"
 #include "command.h"
 
 namespace {
@@ -19,7 +25,8 @@ struct BenchArgs {
   std::string model, dtype = "auto", device = "cpu", variant, tokenizer;
   int threads = 0, steps = 12, batch = 1, warmup_steps = 2;
   double guidance = 10.0;
-  bool json = false, random_weights = false, offline = false, skip_ceilings = false;
+  bool json = false, random_weights = false, offline = false, skip_ceilings = false, train = false;
+  int train_steps = 3;
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 0;
 };
@@ -30,7 +37,89 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
+// `--train`: seconds per optimizer step of amused::Trainer (VQ encode, text encode, masking,
+// forward, cross-entropy, backward, AdamW: the reference's train_amused.py step) on generated
+// images, after one warm-up step; writes nothing but a temporary image folder.
+int run_train(const BenchArgs& a) {
+  if (a.train_steps < 1) throw amused::InvalidArgument("--train-steps must be at least 1");
+  namespace fs = std::filesystem;
+  const fs::path data = fs::temp_directory_path() / ("amused-bench-train-" + std::to_string(::getpid()));
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  } cleanup{data};
+  fs::create_directories(data);
+  // Random images at the model's resolution: their content does not change the work.
+  amused::TrainOptions o;
+  o.model = a.model;
+  o.tokenizer_dir = a.tokenizer;
+  o.offline = a.offline;
+  o.variant = a.variant;
+  o.data = data.string();
+  o.write_outputs = false;
+  o.batch_size = a.batch;
+  o.max_steps = 1 + a.train_steps;
+  o.mixed_precision = a.dtype == "float32" || a.dtype == "fp32" ? "no" : a.dtype == "float16" ? "fp16" : "bf16";
+  if (a.dtype == "auto") o.mixed_precision = "no";
+  o.device = a.device;
+  o.threads = a.threads;
+  o.seed = a.seed;
+  o.center_crop = true;
+  {
+    std::mt19937 rng(0);
+    std::ofstream meta(data / "metadata.jsonl");
+    for (int i = 0; i < std::max(a.batch, 2); ++i) {
+      amused::Image im;
+      im.width = im.height = 512;
+      im.pixels.resize(static_cast<size_t>(im.width) * im.height * 3);
+      for (auto& px : im.pixels) px = static_cast<uint8_t>(rng() & 0xff);
+      amused::save_png(data / ("img" + std::to_string(i) + ".png"), im);
+      meta << "{\"file_name\": \"img" << i << ".png\", \"text\": \"" << a.prompt << "\"}\n";
+    }
+  }
+  const auto t_load = std::chrono::steady_clock::now();
+  auto trainer = amused::Trainer::create(o);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  std::vector<double> steps;
+  const double rss_before = amused::current_rss_mib();
+  trainer->run([&](const amused::TrainProgress& p) {
+    if (p.step > 1) steps.push_back(p.step_seconds);
+    return true;
+  });
+  const auto sys = amused::system_info();
+  const double med = median(steps);
+  const double rss = amused::peak_rss_mib();
+  if (a.json) {
+    nlohmann::json j = {{"mode", "train"},           {"model", a.model},
+                        {"mixed_precision", o.mixed_precision}, {"device", a.device},
+                        {"threads", sys.threads},    {"cpu", sys.cpu_model},
+                        {"blas", sys.blas},          {"batch", a.batch},
+                        {"load_s", load_s},          {"step_s", med},
+                        {"step_min_s", steps.empty() ? 0 : *std::min_element(steps.begin(), steps.end())},
+                        {"step_max_s", steps.empty() ? 0 : *std::max_element(steps.begin(), steps.end())},
+                        {"samples_per_s", med > 0 ? a.batch / med : 0},
+                        {"rss_after_load_mib", rss_before}, {"peak_rss_mib", rss}};
+    if (a.device.rfind("cuda", 0) == 0) j["peak_gpu_mib"] = amused::peak_cuda_memory_mib();
+    std::cout << j.dump(2) << std::endl;
+    return 0;
+  }
+  std::printf("machine      %s, %d physical cores, %d threads, %s\n", sys.cpu_model.c_str(), sys.physical_cores,
+              sys.threads, sys.blas.c_str());
+  std::printf("training     %s, batch %d, mixed precision %s, %zu timed steps after 1 warm-up\n", a.model.c_str(),
+              a.batch, o.mixed_precision.c_str(), steps.size());
+  std::printf("load         %8.3f s\n", load_s);
+  std::printf("step         %8.3f s median (min %.3f, max %.3f), %.3f samples/s\n", med,
+              steps.empty() ? 0 : *std::min_element(steps.begin(), steps.end()),
+              steps.empty() ? 0 : *std::max_element(steps.begin(), steps.end()), med > 0 ? a.batch / med : 0);
+  std::printf("peak RSS     %8.0f MiB (after load %.0f MiB)\n", rss, rss_before);
+  return 0;
+}
+
 int run(const BenchArgs& a) {
+  if (a.train) return run_train(a);
   if (a.steps < 1) throw amused::InvalidArgument("--steps must be at least 1");
   if (a.batch < 1) throw amused::InvalidArgument("--batch must be at least 1");
   amused::set_threads(a.threads);
@@ -154,6 +243,10 @@ amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, p
   sub.add_flag("--offline", a->offline, "Never use the network");
   sub.add_flag("--no-ceilings", a->skip_ceilings, "Skip the matmul ceiling measurement");
   sub.add_flag("--json", a->json, "One JSON object on stdout");
+  sub.add_flag("--train", a->train,
+               "Time training steps instead (amused::Trainer; --dtype float32 or bfloat16 autocast, --batch)");
+  sub.add_option("--train-steps", a->train_steps, "Timed training steps after one warm-up step")
+      ->capture_default_str();
   return std::function<int()>([a] { return run(*a); });
 });
 

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "models/uvit_2d.h"
+#include "pipelines/components.h"
 #include "support/golden.h"
 #include "training/objective.h"
 #include "training/optimizer.h"
@@ -28,8 +29,7 @@ StepBatch load_batch(const nlohmann::json& inputs) {
 }
 
 UVit2DModel load_train_model(const nlohmann::json& c) {
-  auto model = amused::models::load_uvit_2d(
-      golden::golden_path(c.at("model_path").get<std::string>()) / "transformer");
+  auto model = amused::load_transformer(golden::golden_path(c.at("model_path").get<std::string>()) / "transformer");
   model->train();
   return model;
 }

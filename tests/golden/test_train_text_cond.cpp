@@ -5,6 +5,7 @@
 
 #include "amused/tokenizer.h"
 #include "models/clip_text_model.h"
+#include "pipelines/components.h"
 #include "schedulers/scheduling_amused.h"
 #include "support/golden.h"
 #include "training/objective.h"
@@ -23,7 +24,7 @@ TEST_P(TrainTextCondGolden, MatchesReference) {
   const auto& c = golden::golden_case(id);
   const auto model_dir = golden::golden_path(c.at("model_path").get<std::string>());
   const auto tokenizer = amused::ClipTokenizer::from_folder(model_dir / "tokenizer");
-  auto text_encoder = amused::models::load_clip_text_model(model_dir / "text_encoder");
+  auto text_encoder = amused::load_text_encoder(model_dir / "text_encoder");
   const auto captions = c.at("captions").get<std::vector<std::string>>();
   const auto& o = c.at("outputs");
 
