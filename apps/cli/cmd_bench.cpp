@@ -83,10 +83,17 @@ int run_train(const BenchArgs& a) {
   const auto t_load = std::chrono::steady_clock::now();
   auto trainer = amused::Trainer::create(o);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
-  std::vector<double> steps;
+  std::vector<double> steps, data_s, encode, forward, backward, update;
   const double rss_before = amused::current_rss_mib();
   trainer->run([&](const amused::TrainProgress& p) {
-    if (p.step > 1) steps.push_back(p.step_seconds);
+    if (p.step > 1) {
+      steps.push_back(p.step_seconds);
+      data_s.push_back(p.data_seconds);
+      encode.push_back(p.encode_seconds);
+      forward.push_back(p.forward_seconds);
+      backward.push_back(p.backward_seconds);
+      update.push_back(p.update_seconds);
+    }
     return true;
   });
   const auto sys = amused::system_info();
@@ -101,6 +108,9 @@ int run_train(const BenchArgs& a) {
                         {"step_min_s", steps.empty() ? 0 : *std::min_element(steps.begin(), steps.end())},
                         {"step_max_s", steps.empty() ? 0 : *std::max_element(steps.begin(), steps.end())},
                         {"samples_per_s", med > 0 ? a.batch / med : 0},
+                        {"data_s", median(data_s)},    {"encode_s", median(encode)},
+                        {"forward_s", median(forward)}, {"backward_s", median(backward)},
+                        {"update_s", median(update)},
                         {"rss_after_load_mib", rss_before}, {"peak_rss_mib", rss}};
     if (a.device.rfind("cuda", 0) == 0) j["peak_gpu_mib"] = amused::peak_cuda_memory_mib();
     std::cout << j.dump(2) << std::endl;
@@ -114,6 +124,8 @@ int run_train(const BenchArgs& a) {
   std::printf("step         %8.3f s median (min %.3f, max %.3f), %.3f samples/s\n", med,
               steps.empty() ? 0 : *std::min_element(steps.begin(), steps.end()),
               steps.empty() ? 0 : *std::max_element(steps.begin(), steps.end()), med > 0 ? a.batch / med : 0);
+  std::printf("  of which    data %.3f s, VQ + text encode %.3f s, forward %.3f s, backward %.3f s, update %.3f s\n",
+              median(data_s), median(encode), median(forward), median(backward), median(update));
   std::printf("peak RSS     %8.0f MiB (after load %.0f MiB)\n", rss, rss_before);
   return 0;
 }

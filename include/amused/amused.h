@@ -27,6 +27,7 @@
 #include "amused/repo.h"
 #include "amused/system.h"
 #include "amused/tokenizer.h"
+#include "amused/train.h"
 
 namespace amused {
 

@@ -87,6 +87,9 @@ struct TrainProgress {
   double grad_norm = 0;             // before clipping
   double samples_per_second = 0;
   double step_seconds = 0;
+  // Where this step's time went: reading and transforming images, the frozen VQ-GAN and text
+  // encoder, forward + loss, backward, and the update (norm/clipping, AdamW, EMA).
+  double data_seconds = 0, encode_seconds = 0, forward_seconds = 0, backward_seconds = 0, update_seconds = 0;
   double elapsed_seconds = 0;
   double eta_seconds = 0;
   std::string checkpoint;           // set on the step that wrote one

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "amused/error.h"
+#include "core/threads.h"
 
 namespace amused::training {
 namespace {
@@ -64,7 +65,81 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(torch::nn::Module& module,
     no_decay_options->weight_decay(0.0);
     groups.emplace_back(no_decay, std::move(no_decay_options));
   }
+  if (options.fused) return std::make_unique<FusedAdamW>(std::move(groups), defaults);
   return std::make_unique<torch::optim::AdamW>(std::move(groups), defaults);
+}
+
+torch::Tensor FusedAdamW::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure != nullptr) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups()) {
+    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      const auto& grad = p.grad();
+      const bool fusable = p.device().is_cpu() && p.scalar_type() == torch::kFloat32 && p.is_contiguous() &&
+                           grad.scalar_type() == torch::kFloat32 && grad.is_contiguous() && !grad.is_sparse() &&
+                           !options.amsgrad();
+      const std::string key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      auto it = state().find(key);
+      if (it == state().end()) {
+        auto s = std::make_unique<torch::optim::AdamWParamState>();
+        s->step(0);
+        s->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        s->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        if (options.amsgrad()) s->max_exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        it = state().emplace(key, std::move(s)).first;
+      }
+      auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+      s.step(s.step() + 1);
+      const double beta1 = std::get<0>(options.betas()), beta2 = std::get<1>(options.betas());
+      const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(s.step()));
+      const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(s.step()));
+      const double step_size = options.lr() / bias_correction1;
+      if (!fusable || !s.exp_avg().is_contiguous() || !s.exp_avg_sq().is_contiguous()) {
+        // torch::optim::AdamW's arithmetic (LibTorch 1.13 adamw.cpp), element-wise.
+        if (options.weight_decay() != 0) p.mul_(1 - options.lr() * options.weight_decay());
+        s.exp_avg().mul_(beta1).add_(grad, 1 - beta1);
+        s.exp_avg_sq().mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+        torch::Tensor denom;
+        if (options.amsgrad()) {
+          torch::max_out(s.max_exp_avg_sq(), s.exp_avg_sq(), s.max_exp_avg_sq());
+          denom = (s.max_exp_avg_sq().sqrt() / std::sqrt(bias_correction2)).add_(options.eps());
+        } else {
+          denom = (s.exp_avg_sq().sqrt() / std::sqrt(bias_correction2)).add_(options.eps());
+        }
+        p.addcdiv_(s.exp_avg(), denom, -step_size);
+        continue;
+      }
+      // The same steps per element, in float32 like the element-wise kernels: decay, first and
+      // second moment, then p += -step_size * m / (sqrt(v) / sqrt(bc2) + eps).
+      const float decay = static_cast<float>(options.weight_decay() != 0 ? 1 - options.lr() * options.weight_decay() : 1);
+      const float b1 = static_cast<float>(beta1), one_minus_b1 = static_cast<float>(1 - beta1);
+      const float b2 = static_cast<float>(beta2), one_minus_b2 = static_cast<float>(1 - beta2);
+      const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+      const float eps = static_cast<float>(options.eps());
+      const float neg_step = static_cast<float>(-step_size);
+      float* pw = p.data_ptr<float>();
+      const float* g = grad.data_ptr<float>();
+      float* m = s.exp_avg().data_ptr<float>();
+      float* v = s.exp_avg_sq().data_ptr<float>();
+      amused::parallel_for(0, p.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float gi = g[i];
+          const float mi = m[i] * b1 + one_minus_b1 * gi;
+          const float vi = v[i] * b2 + one_minus_b2 * gi * gi;
+          m[i] = mi;
+          v[i] = vi;
+          pw[i] = pw[i] * decay + neg_step * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
+        }
+      });
+    }
+  }
+  return loss;
 }
 
 void zero_grad(torch::optim::Optimizer& optimizer) {

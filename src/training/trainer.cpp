@@ -196,6 +196,7 @@ class TrainerImpl final : public Trainer {
   double loss_smoothed_ = 0, loss_weight_sum_ = 0;
   double elapsed_before_ = 0;  // training seconds of earlier processes (resumes)
   int64_t resumed_from_ = 0;
+  bool keep_gradients_ = true;  // zero gradients in place between steps (see run())
   std::vector<std::pair<double, double>> loss_history_, lr_history_;
 };
 
@@ -311,6 +312,7 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   ao.beta2 = o_.adam_beta2;
   ao.weight_decay = o_.adam_weight_decay;
   ao.eps = o_.adam_epsilon;
+  ao.fused = true;
   o_.learning_rate = ao.lr;
   optimizer_ = make_adamw(*trainable_, ao);
   if (o_.use_ema) {
@@ -554,11 +556,17 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
   while (step_ < o_.max_steps) {
     const auto t_step = Clock::now();
     double step_loss = 0;
+    TrainProgress p;
     for (int64_t micro = 0; micro < o_.gradient_accumulation_steps; ++micro) {
+      auto t = Clock::now();
       const auto samples = data_->next_batch(o_.batch_size);
       const Batch batch = collate(samples);
+      p.data_seconds += seconds_since(t);
+      t = Clock::now();
       const torch::Tensor image_tokens = encode_tokens(batch, samples);  // [B, L]
       TextConditioning cond = encode_text(batch, samples);
+      p.encode_seconds += seconds_since(t);
+      t = Clock::now();
       // Masking: torch.rand(B), torch.rand(B, L) (and open-muse's rectangles from Python's random).
       MaskedBatch masked =
           o_.mask_contiguous_region_prob > 0
@@ -582,31 +590,54 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
         loss = masked_token_loss(logits.to(torch::kFloat32), masked.labels.to(device_), o_.label_smoothing);
       }
       step_loss += loss.item<double>() / static_cast<double>(o_.gradient_accumulation_steps);
+      p.forward_seconds += seconds_since(t);
+      t = Clock::now();
       (loss / static_cast<double>(o_.gradient_accumulation_steps)).backward();
+      p.backward_seconds += seconds_since(t);
     }
+    const auto t_update = Clock::now();
     std::vector<torch::Tensor> params;
-    for (auto& [_, p] : trainable_named(*trainable_)) params.push_back(p);
+    for (auto& [name, p] : trainable_named(*trainable_)) {
+      params.push_back(p);
+      if (!p.grad().defined() && keep_gradients_) {
+        keep_gradients_ = false;  // zeroed memory would make AdamW move it; free gradients instead
+        log::info("parameter '" + name + "' got no gradient: gradients are freed between steps");
+      }
+    }
     double grad_norm = 0;
     if (o_.max_grad_norm > 0) {
       grad_norm = clip_grad_norm(params, o_.max_grad_norm);
     } else {
+      // The norm clipping would use (one pass per gradient, no copies): logged, not applied.
       torch::NoGradGuard no_grad;
       double sq = 0;
-      for (const auto& p : params)
-        if (p.grad().defined()) sq += p.grad().to(torch::kFloat64).pow(2).sum().item<double>();
+      for (const auto& p : params) {
+        if (!p.grad().defined()) continue;
+        const double n = p.grad().norm().item<double>();
+        sq += n * n;
+      }
       grad_norm = std::sqrt(sq);
     }
     const double lr = lr_at(step_, o_.learning_rate, schedule_, o_.lr_warmup_steps, o_.max_steps);
     set_lr(*optimizer_, lr);
     optimizer_->step();
-    zero_grad(*optimizer_);
+    // Gradients are zeroed in place rather than freed (set_to_none), so each backward accumulates
+    // into the same memory instead of faulting in 2.4 GB of fresh pages (amused-256: backward
+    // 4.3 -> 3.2 s). The update is the same as set_to_none's as long as every trained parameter
+    // gets a gradient at every step, which the first step checks; if one does not, the run frees
+    // them as the reference does.
+    if (keep_gradients_) {
+      optimizer_->zero_grad();
+    } else {
+      zero_grad(*optimizer_);
+    }
     if (ema_) ema_->step(*c_.transformer);
+    p.update_seconds = seconds_since(t_update);
     ++step_;
     last_loss = step_loss;
     loss_weight_sum_ = 0.98 * loss_weight_sum_ + 0.02;
     loss_smoothed_ = 0.98 * loss_smoothed_ + 0.02 * step_loss;
 
-    TrainProgress p;
     p.step = step_;
     p.max_steps = o_.max_steps;
     p.epoch = data_->position().epoch;
@@ -630,6 +661,11 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
                        {"lr", lr},
                        {"grad_norm", grad_norm},
                        {"step_seconds", p.step_seconds},
+                       {"data_seconds", p.data_seconds},
+                       {"encode_seconds", p.encode_seconds},
+                       {"forward_seconds", p.forward_seconds},
+                       {"backward_seconds", p.backward_seconds},
+                       {"update_seconds", p.update_seconds},
                        {"samples_per_second", p.samples_per_second},
                        {"elapsed_seconds", p.elapsed_seconds},
                        {"peak_rss_mib", peak_rss_mib()}});

@@ -148,8 +148,7 @@ std::string check_weights(UVit2DModel& model, const nlohmann::json& expected,
   return first_bad;
 }
 
-TEST(TrainAdamWGolden, FiveStepsMatchReference) {
-  AMUSED_REQUIRE_GOLDEN();
+void check_adamw_steps(bool fused) {
   const auto& c = golden::golden_case("train/adamw_steps/tiny-a");
   const auto& batch_case =
       golden::golden_case(c.at("sources").at("batch").get<std::string>().substr(
@@ -173,8 +172,10 @@ TEST(TrainAdamWGolden, FiveStepsMatchReference) {
   opts.beta2 = oc.at("betas").at(1).get<double>();
   opts.weight_decay = oc.at("weight_decay").get<double>();
   opts.eps = oc.at("eps").get<double>();
+  opts.fused = fused;
   auto optimizer = amused::training::make_adamw(*model, opts);
   ASSERT_EQ(optimizer->param_groups().size(), 2u);
+  EXPECT_EQ(dynamic_cast<amused::training::FusedAdamW*>(optimizer.get()) != nullptr, fused);
   EXPECT_EQ(optimizer->param_groups()[1].params().size(), no_decay.size());
 
   const auto& o = c.at("outputs");
@@ -208,6 +209,17 @@ TEST(TrainAdamWGolden, FiveStepsMatchReference) {
     EXPECT_LE(std::abs(l2 - ref_l2), 1e-4 * std::abs(ref_l2))
         << item.key() << " l2 " << l2 << " vs " << ref_l2;
   }
+}
+
+TEST(TrainAdamWGolden, FiveStepsMatchReference) {
+  AMUSED_REQUIRE_GOLDEN();
+  check_adamw_steps(/*fused=*/false);
+}
+
+// The trainer's one-pass AdamW: the same five steps within the same tolerances.
+TEST(TrainAdamWGolden, FusedFiveStepsMatchReference) {
+  AMUSED_REQUIRE_GOLDEN();
+  check_adamw_steps(/*fused=*/true);
 }
 
 }  // namespace
