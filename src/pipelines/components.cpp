@@ -109,32 +109,27 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
   };
   c.tokenizer_dir = options.tokenizer_dir.empty() ? repo.component_dir("tokenizer") : options.tokenizer_dir;
   c.tokenizer = ClipTokenizer::from_folder(c.tokenizer_dir);
-  {
-    auto cfg = models::CLIPTextConfig::from_json(repo.component_config("text_encoder"),
-                                                 config_source("text_encoder", "config.json"));
-    c.text_encoder = models::CLIPTextModelWithProjection(cfg);
-    fill(c.text_encoder, [&] { return repo.component_weights("text_encoder"); },
-         options.random_weights ? "" : weights_source(repo.weight_files("text_encoder"), repo.component_dir("text_encoder")),
-         precision_load_options(*c.text_encoder, options.precision, options.device), options.random_weights,
-         [&] { c.text_encoder->init_weights(); });
-  }
-  {
-    auto cfg = models::UVit2DConfig::from_json(repo.component_config("transformer"),
-                                               config_source("transformer", "config.json"));
-    c.transformer = models::UVit2DModel(cfg);
-    fill(c.transformer, [&] { return repo.component_weights("transformer"); },
-         options.random_weights ? "" : weights_source(repo.weight_files("transformer"), repo.component_dir("transformer")),
-         precision_load_options(*c.transformer, options.precision, options.device), options.random_weights,
-         [&] { c.transformer->init_weights(); });
-  }
+  // What error messages name for a component's weights, and its weights into `model`.
+  auto source = [&](const std::string& name) {
+    return options.random_weights ? std::string() : weights_source(repo.weight_files(name), repo.component_dir(name));
+  };
+  auto load = [&](auto& model, const std::string& name, const std::function<void()>& init) {
+    fill(model, [&] { return repo.component_weights(name); }, source(name),
+         precision_load_options(*model, options.precision, options.device), options.random_weights, init);
+  };
+  c.text_encoder = models::CLIPTextModelWithProjection(models::CLIPTextConfig::from_json(
+      repo.component_config("text_encoder"), config_source("text_encoder", "config.json")));
+  load(c.text_encoder, "text_encoder", [&] { c.text_encoder->init_weights(); });
+  c.transformer = models::UVit2DModel(
+      models::UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json")));
+  load(c.transformer, "transformer", [&] { c.transformer->init_weights(); });
   {
     auto cfg = models::VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
     c.vqvae = models::VQModel(cfg);
     models::VQModel vq = c.vqvae;
     const io::LoadOptions vq_lo = precision_load_options(*vq, options.precision, options.device, /*is_vqvae=*/true);
     if (!options.defer_vq_encoder) {
-      fill(vq, [&] { return repo.component_weights("vqvae"); },
-           options.random_weights ? "" : weights_source(repo.weight_files("vqvae"), repo.component_dir("vqvae")), vq_lo,
+      fill(vq, [&] { return repo.component_weights("vqvae"); }, source("vqvae"), vq_lo,
            options.random_weights, [&] { vq->init_weights(); });
     } else {
       // The encode path is checked now but loaded on the first edit.
@@ -151,14 +146,14 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
         };
       } else {
         io::StateDict weights = repo.component_weights("vqvae");
-        const std::string source = weights_source(repo.weight_files("vqvae"), repo.component_dir("vqvae"));
-        io::load_state_dict(*vq, weights, source, decoder_lo);
+        const std::string vq_source = source("vqvae");
+        io::load_state_dict(*vq, weights, vq_source, decoder_lo);
         vq->eval();
         io::StateDict encoder_weights;
         for (auto& [key, t] : weights)
           if (models::VQModelImpl::is_encoder_key(key)) encoder_weights.emplace(key, t);
-        c.load_vq_encoder = [vq, encoder_lo, source, w = std::move(encoder_weights)]() mutable {
-          io::load_state_dict(*vq, w, source, encoder_lo);
+        c.load_vq_encoder = [vq, encoder_lo, vq_source, w = std::move(encoder_weights)]() mutable {
+          io::load_state_dict(*vq, w, vq_source, encoder_lo);
         };
       }
     }
