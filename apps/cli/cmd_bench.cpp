@@ -27,6 +27,7 @@ struct BenchArgs {
   double guidance = 10.0;
   bool json = false, random_weights = false, offline = false, skip_ceilings = false, train = false;
   int train_steps = 3;
+  bool gradient_checkpointing = false;
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 0;
 };
@@ -68,6 +69,7 @@ int run_train(const BenchArgs& a) {
   o.threads = a.threads;
   o.seed = a.seed;
   o.center_crop = true;
+  o.gradient_checkpointing = a.gradient_checkpointing;
   {
     std::mt19937 rng(0);
     std::ofstream meta(data / "metadata.jsonl");
@@ -102,6 +104,7 @@ int run_train(const BenchArgs& a) {
   if (a.json) {
     nlohmann::json j = {{"mode", "train"},           {"model", a.model},
                         {"mixed_precision", o.mixed_precision}, {"device", a.device},
+                        {"gradient_checkpointing", o.gradient_checkpointing},
                         {"threads", sys.threads},    {"cpu", sys.cpu_model},
                         {"blas", sys.blas},          {"batch", a.batch},
                         {"load_s", load_s},          {"step_s", med},
@@ -259,6 +262,7 @@ amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, p
                "Time training steps instead (amused::Trainer; --dtype float32 or bfloat16 autocast, --batch)");
   sub.add_option("--train-steps", a->train_steps, "Timed training steps after one warm-up step")
       ->capture_default_str();
+  sub.add_flag("--gradient-checkpointing", a->gradient_checkpointing, "With --train: recompute layers in backward");
   return std::function<int()>([a] { return run(*a); });
 });
 

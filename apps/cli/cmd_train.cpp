@@ -153,6 +153,8 @@ amused::cli::Registrar reg(
       sub.add_option("--max-grad-norm", o->max_grad_norm, "Clip the gradient norm (0: off)")->capture_default_str();
       sub.add_flag("--use-ema", o->use_ema, "Keep an exponential moving average of the weights (saved at the end)");
       sub.add_option("--ema-decay", o->ema_decay, "EMA decay")->capture_default_str();
+      sub.add_flag("--gradient-checkpointing", o->gradient_checkpointing,
+                   "Recompute the transformer layers in backward (less memory, one more forward)");
       sub.add_option("--mixed-precision", o->mixed_precision,
                      "no | bf16 | fp16 (CUDA): autocast forward, float32 master weights")
           ->capture_default_str();

@@ -61,6 +61,9 @@ struct TrainOptions {
   double max_grad_norm = 0.0;      // > 0: clip the global gradient norm
   bool use_ema = false;
   double ema_decay = 0.9999;
+  // Recompute the transformer layers in backward instead of keeping their activations: the same
+  // gradients for about one more forward pass, much less memory at larger batches.
+  bool gradient_checkpointing = false;
   std::string mixed_precision = "no";  // no | bf16 | fp16 (CUDA): autocast, float32 master weights
   uint64_t seed = 0;
   // ---- run keeping

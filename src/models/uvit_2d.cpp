@@ -1,5 +1,7 @@
 #include "models/uvit_2d.h"
 
+#include "nn/checkpoint.h"
+
 #include "nn/cond_cache.h"
 
 #include <cmath>
@@ -416,8 +418,15 @@ torch::Tensor UVit2DModelImpl::forward(const torch::Tensor& input_ids,
   record("project_to_hidden", hidden_states);
 
   for (size_t i = 0; i < transformer_layers->size(); ++i) {
-    hidden_states = transformer_layers->at<nn::BasicTransformerBlockImpl>(i).forward(
-        hidden_states, encoder_hidden_states, pooled_text_emb);
+    auto& layer = transformer_layers->at<nn::BasicTransformerBlockImpl>(i);
+    if (gradient_checkpointing && torch::GradMode::is_enabled()) {
+      // As diffusers' UVit2DModel: each transformer layer is recomputed in backward.
+      hidden_states = nn::checkpoint(
+          [&layer](const std::vector<torch::Tensor>& x) { return layer.forward(x[0], x[1], x[2]); },
+          {hidden_states, encoder_hidden_states, pooled_text_emb});
+    } else {
+      hidden_states = layer.forward(hidden_states, encoder_hidden_states, pooled_text_emb);
+    }
     record("transformer_layers." + std::to_string(i), hidden_states);
   }
 

@@ -163,6 +163,9 @@ class UVit2DModelImpl : public torch::nn::Module {
   void init_weights();
 
   const UVit2DConfig& config() const { return config_; }
+  // Training: recompute each transformer layer in backward instead of keeping its activations
+  // (nn/checkpoint.h; diffusers' enable_gradient_checkpointing). Same gradients, less memory.
+  bool gradient_checkpointing = false;
   // The dtype of the weights (diffusers' ModelMixin.dtype).
   torch::Dtype dtype() const;
 

@@ -298,6 +298,7 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   trainable_ = Trainable();
   trainable_->register_module("transformer", c_.transformer.ptr());
   c_.transformer->train();
+  c_.transformer->gradient_checkpointing = o_.gradient_checkpointing;
   if (o_.train_text_encoder) {
     trainable_->register_module("text_encoder", c_.text_encoder.ptr());
     c_.text_encoder->train();
