@@ -501,11 +501,10 @@ fs::path TrainerImpl::write_validation(int64_t step) {
 }
 
 void TrainerImpl::write_plot() {
-  std::vector<PlotSeries> series;
-  PlotSeries raw{"loss", loss_history_, "#9ecae1", 0, 1.0, 0.8};
-  PlotSeries smooth{"loss (smoothed)", ema_smooth(loss_history_, 0.9), "#08519c", 0, 2.0, 1.0};
-  PlotSeries lr{"learning rate", lr_history_, "#e6550d", 1, 1.5, 1.0};
-  series = {raw, smooth, lr};
+  const std::vector<PlotSeries> series = {
+      {"loss", loss_history_, "#9ecae1", 0, 1.0, 0.8},
+      {"loss (smoothed)", ema_smooth(loss_history_, 0.9), "#08519c", 0, 2.0, 1.0},
+      {"learning rate", lr_history_, "#e6550d", 1, 1.5, 1.0}};
   PlotOptions po;
   po.title = "training loss: " + fs::path(o_.output).filename().string();
   write_plot_svg(fs::path(o_.output) / "loss.svg", series, po);
@@ -525,12 +524,11 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
   }
   std::optional<StepLog> step_log;
   if (o_.write_outputs) step_log.emplace(out / "train_log.jsonl", resume_from ? step_ : -1);
-  if (!step_log) {
-  } else if (resume_from) {
+  if (step_log && resume_from) {
     const auto records = read_step_log(step_log->path());
     loss_history_ = series_from_log(records, "loss");
     lr_history_ = series_from_log(records, "lr");
-  } else {
+  } else if (step_log) {
     nlohmann::json header = {{"run", "amused train"}, {"amused_version", version()}, {"model", o_.model},
                              {"data", o_.data}, {"pretraining", pretraining_}};
     step_log->append_header(header);
@@ -538,14 +536,9 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
 
   // The empty caption's conditioning, the replacement of conditioning dropout (train_amused.py
   // encodes "" once before the loop).
-  if (o_.cond_dropout_prob > 0) {
-    torch::NoGradGuard no_grad;
-    if (o_.train_text_encoder) {
-      // A trained text encoder changes the empty caption's states: recomputed every step below.
-    } else {
-      empty_ = encode_captions(*c_.tokenizer, c_.text_encoder, {""});
-    }
-  }
+  // (A trained text encoder changes them: then they are encoded again at every step, below.)
+  if (o_.cond_dropout_prob > 0 && !o_.train_text_encoder)
+    empty_ = encode_captions(*c_.tokenizer, c_.text_encoder, {""});
 
   const bool autocast = o_.mixed_precision != "no";
   const auto autocast_dtype = o_.mixed_precision == "fp16" ? torch::kFloat16 : torch::kBFloat16;
