@@ -25,6 +25,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev libutf8proc-dev libpng-dev libjpeg-dev libstb-dev
   libcurl4-openssl-dev libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libfreetype-dev libharfbuzz-dev   # `amused dataset emoji`: colour glyphs, emoji sequences
+  fonts-noto-color-emoji unicode-data unicode-cldr-core  # its images and captions (offline data)
 )
 
 missing=()
