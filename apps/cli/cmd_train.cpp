@@ -13,57 +13,13 @@
 #include "amused/system.h"
 #include "amused/train.h"
 #include "command.h"
+#include "train_common.h"
 
 namespace {
 
-volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) std::_Exit(128 + sig);  // a second Ctrl-C: leave at once
-  g_stop_signal = sig;
-}
-
-std::string duration(double s) {
-  if (!(s >= 0)) return "?";
-  const long t = static_cast<long>(s + 0.5);
-  char buf[32];
-  if (t < 60) std::snprintf(buf, sizeof buf, "%lds", t);
-  else if (t < 3600) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  return buf;
-}
-
-// `--config FILE`: options from a TOML file (`name = value`, the flags' long names with dashes or
-// underscores, optionally under a [train] section) for every option the command line did not give.
-// (CLI11 2.1 reads config files for the main app only, so this applies them itself.)
-void apply_config_file(CLI::App& sub, const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw amused::IoError("cannot read the --config file '" + path + "'");
-  std::vector<CLI::ConfigItem> items;
-  try {
-    items = CLI::ConfigTOML().from_config(in);
-  } catch (const CLI::ParseError& e) {
-    throw amused::InvalidArgument("--config '" + path + "': " + e.what());
-  }
-  for (const auto& item : items) {
-    if (!item.parents.empty() && !(item.parents.size() == 1 && item.parents[0] == "train"))
-      throw amused::InvalidArgument("--config '" + path + "': section [" + item.parents[0] +
-                                    "] is not an amused train section (use [train] or none)");
-    std::string name = item.name;
-    std::replace(name.begin(), name.end(), '_', '-');
-    if (name == "config" || name == "++" || name == "--") continue;  // (CLI11 marks sections with ++ and --)
-    CLI::Option* opt = sub.get_option_no_throw("--" + name);
-    if (opt == nullptr)
-      throw amused::InvalidArgument("--config '" + path + "': unknown option '" + item.name +
-                                    "' (see amused train --help for the names)");
-    if (opt->count() > 0) continue;  // given on the command line: it wins
-    try {
-      opt->add_result(item.inputs);
-      opt->run_callback();
-    } catch (const CLI::ParseError& e) {
-      throw amused::InvalidArgument("--config '" + path + "': option '" + item.name + "': " + e.what());
-    }
-  }
-}
+using amused::cli::apply_config_file;
+using amused::cli::duration;
+using amused::cli::g_stop_signal;
 
 int run(CLI::App& sub, const amused::TrainOptions& options, bool quiet) {
   auto trainer = amused::Trainer::create(options);
@@ -74,8 +30,7 @@ int run(CLI::App& sub, const amused::TrainOptions& options, bool quiet) {
     echo << "# amused train " << amused::version() << ": the options of this run (amused train --config FILE)\n"
          << sub.config_to_str(/*default_also=*/true, /*write_description=*/false);
   }
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  amused::cli::install_stop_handlers();
   const bool tty = amused::cli::stderr_is_tty();
   auto summary = trainer->run([&](const amused::TrainProgress& p) {
     if (!quiet && (tty || p.step % o.logging_steps == 0 || p.step == p.max_steps || !p.checkpoint.empty())) {
@@ -172,7 +127,7 @@ amused::cli::Registrar reg(
       sub.add_option("--threads", o->threads, "Compute threads (default: all physical cores)");
       sub.add_flag("-q,--quiet", *quiet, "No progress lines");
       return std::function<int()>([&sub, o, quiet, config] {
-        if (!config->empty()) apply_config_file(sub, *config);
+        if (!config->empty()) apply_config_file(sub, *config, "train");
         return run(sub, *o, *quiet);
       });
     });

@@ -245,6 +245,14 @@ void save_weights(const torch::nn::Module& module, const fs::path& dir, const st
   io::write_file_atomic(dir / weight_file_name(base, options), weights_writer(module, options));
 }
 
+void save_vqvae(const models::VQModel& vqvae, const fs::path& dir, const SaveOptions& options) {
+  check_variant(options);
+  std::vector<std::pair<fs::path, io::FileWriter>> files;
+  files.emplace_back(dir / "config.json", text_writer(dump(vqvae_config_file(vqvae->config()))));
+  files.emplace_back(dir / weight_file_name(weights_base("vqvae"), options), weights_writer(*vqvae, options));
+  io::write_files_atomic(files);
+}
+
 void save_pretrained(const Components& c, const fs::path& folder, const SaveOptions& options) {
   check_variant(options);
   if (!c.tokenizer_dir.empty() && !fs::is_directory(c.tokenizer_dir))

@@ -100,6 +100,11 @@ nlohmann::json model_index_file();
 void save_weights(const torch::nn::Module& module, const std::filesystem::path& dir, const std::string& base,
                   const SaveOptions& options = {});
 
+// Writes a VQ-GAN as its own diffusers folder (what VQModel.save_pretrained writes, and what
+// load_vqvae reads): `<dir>/config.json` and `<dir>/diffusion_pytorch_model[.<variant>].safetensors`,
+// both or neither (io::write_files_atomic). `dir` must exist.
+void save_vqvae(const models::VQModel& vqvae, const std::filesystem::path& dir, const SaveOptions& options = {});
+
 // Writes the whole pipeline as diffusers' AmusedPipeline.save_pretrained lays it out:
 // model_index.json, scheduler/scheduler_config.json, tokenizer/ (vocab.json, merges.txt,
 // tokenizer_config.json, special_tokens_map.json), text_encoder/{config.json, model.safetensors},

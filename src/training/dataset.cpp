@@ -165,6 +165,7 @@ struct FolderEntry {
   std::string rel;                     // relative path, for messages and ids
   std::optional<std::string> caption;  // known from metadata.jsonl or the file stem
   fs::path caption_file;               // else read from here
+  std::optional<std::string> split;    // metadata.jsonl "split"
 };
 
 class FolderDataset : public DatasetBase {
@@ -240,10 +241,14 @@ class FolderDataset : public DatasetBase {
       caption = *e.caption;
     } else {
       std::error_code ec;
-      if (!fs::exists(e.caption_file, ec))
-        throw IoError("its caption file '" + e.caption_file.filename().string() +
-                      "' does not exist");
-      caption = trim_trailing(read_file_limited(e.caption_file, kMaxCaptionBytes, "caption file"));
+      if (!fs::exists(e.caption_file, ec)) {
+        if (options_.require_captions)
+          throw IoError("its caption file '" + e.caption_file.filename().string() +
+                        "' does not exist");
+      } else {
+        caption =
+            trim_trailing(read_file_limited(e.caption_file, kMaxCaptionBytes, "caption file"));
+      }
     }
     return finish(image, caption, e.rel,
                   augment_generator(options_.seed, epoch, static_cast<uint64_t>(k), 0));
@@ -303,10 +308,11 @@ std::vector<FolderEntry> index_metadata(const fs::path& root, const DatasetOptio
       throw IoError(where() + ": \"file_name\" must be a string, got " +
                     std::string(fn->type_name()));
     const auto cap = j.find(o.caption_key);
-    if (cap == j.end())
+    const bool no_caption = cap == j.end() || (!o.require_captions && cap->is_null());
+    if (no_caption && o.require_captions)
       throw IoError(where() + " has no \"" + o.caption_key +
                     "\" (the caption; caption_key names another key)");
-    if (!cap->is_string())
+    if (!no_caption && !cap->is_string())
       throw IoError(where() + ": \"" + o.caption_key + "\" must be a string, got " +
                     std::string(cap->type_name()));
     const std::string name = fn->get<std::string>();
@@ -317,7 +323,13 @@ std::vector<FolderEntry> index_metadata(const fs::path& root, const DatasetOptio
     FolderEntry e;
     e.rel = rel.lexically_normal().generic_string();
     e.image = root / rel.lexically_normal();
-    e.caption = cap->get<std::string>();
+    e.caption = no_caption ? std::string() : cap->get<std::string>();
+    if (const auto sp = j.find("split"); sp != j.end() && !sp->is_null()) {
+      if (!sp->is_string())
+        throw IoError(where() + ": \"split\" must be a string (\"train\" or \"validation\"), got " +
+                      std::string(sp->type_name()));
+      e.split = sp->get<std::string>();
+    }
     std::error_code ec;
     if (!fs::is_regular_file(e.image, ec)) {
       problems.report(where() + ": image '" + name + "' does not exist");
@@ -364,7 +376,7 @@ std::vector<FolderEntry> index_caption_files(const fs::path& root,
     } else {
       e.caption_file = fs::path(p).replace_extension(".txt");
       std::error_code ec;
-      if (!fs::is_regular_file(e.caption_file, ec)) {
+      if (!fs::is_regular_file(e.caption_file, ec) && o.require_captions) {
         problems.report("'" + e.rel + "' in '" + root.string() + "' has no caption file '" +
                         e.caption_file.filename().string() +
                         "' (or set caption_from_file_stem to use the file name)");
@@ -374,6 +386,36 @@ std::vector<FolderEntry> index_caption_files(const fs::path& root,
     entries.push_back(std::move(e));
   }
   return entries;
+}
+
+// The entries of split `o.split` (see DatasetOptions::split).
+std::vector<FolderEntry> select_split(std::vector<FolderEntry> entries, const DatasetOptions& o,
+                                      const fs::path& root) {
+  if (o.split.empty()) return entries;
+  const bool labelled = std::any_of(entries.begin(), entries.end(),
+                                    [](const FolderEntry& e) { return e.split.has_value(); });
+  std::vector<FolderEntry> kept;
+  if (labelled) {
+    for (auto& e : entries)
+      if (e.split.value_or("train") == o.split) kept.push_back(std::move(e));
+  } else {
+    const size_t n = entries.size();
+    size_t n_val = 0;
+    if (o.holdout_fraction > 0 && n >= 2)
+      n_val = std::clamp<size_t>(static_cast<size_t>(std::llround(o.holdout_fraction * n)), 1, n - 1);
+    std::vector<bool> is_val(n, false);
+    for (size_t j = 0; j < n_val; ++j) is_val[(2 * j + 1) * n / (2 * n_val)] = true;
+    for (size_t i = 0; i < n; ++i)
+      if (is_val[i] == (o.split == "validation")) kept.push_back(std::move(entries[i]));
+  }
+  if (kept.empty())
+    throw IoError("no images of split '" + o.split + "' in '" + root.string() + "' (" +
+                  (labelled ? std::string("its metadata.jsonl rows name other splits")
+                            : "no metadata.jsonl row has a \"split\", and the held-out fraction " +
+                                  std::to_string(o.holdout_fraction) + " of " +
+                                  std::to_string(entries.size()) + " images selects none") +
+                  ")");
+  return kept;
 }
 
 // ------------------------------------------------------------------ WebDataset shards
@@ -601,6 +643,7 @@ class TarDataset : public DatasetBase {
         throw IoError("sample '" + id + "': its .json has no string \"" + options_.caption_key +
                       "\", \"text\" or \"caption\"");
     }
+    if (!caption && !options_.require_captions) caption = std::string();
     if (!caption)
       throw IoError("sample '" + id + "' in '" + shards_[r.shard].string() +
                     "' has no caption (.txt or .json; it has: " + members() + ")");
@@ -692,6 +735,9 @@ std::vector<fs::path> expand_shard_pattern(const std::string& pattern) {
 std::unique_ptr<ImageCaptionDataset> open_shards(const DatasetOptions& o,
                                                  std::vector<fs::path> shards,
                                                  const std::string& label) {
+  if (!o.split.empty())
+    throw Unsupported("the WebDataset " + label + " has no splits: split '" + o.split +
+                      "' needs an image folder (give the validation images separately)");
   int64_t empty = 0;
   for (const auto& s : shards) {
     if (lower(s.extension().string()) != ".tar")
@@ -750,6 +796,11 @@ std::unique_ptr<ImageCaptionDataset> ImageCaptionDataset::open(const DatasetOpti
                           std::to_string(o.world_size));
   if (o.shuffle_buffer < 0)
     throw InvalidArgument("shuffle_buffer must be >= 0, got " + std::to_string(o.shuffle_buffer));
+  if (!(o.holdout_fraction >= 0 && o.holdout_fraction < 1))
+    throw InvalidArgument("holdout_fraction must be in [0, 1), got " +
+                          std::to_string(o.holdout_fraction));
+  if (!o.split.empty() && o.split != "train" && o.split != "validation")
+    throw InvalidArgument("split must be \"\", \"train\" or \"validation\", got '" + o.split + "'");
 
   if (!o.instance_image.empty()) {
     if (!o.data.empty())
@@ -806,6 +857,10 @@ std::unique_ptr<ImageCaptionDataset> ImageCaptionDataset::open(const DatasetOpti
                                     : "image folder with .txt captions";
   }
   problems.summary(data);
+  if (!entries.empty()) {
+    entries = select_split(std::move(entries), o, data);
+    if (!o.split.empty()) kind += ", split '" + o.split + "'";
+  }
   if (entries.empty())
     throw IoError("no usable samples in '" + o.data + "'" +
                   (problems.count

@@ -77,6 +77,17 @@ struct DatasetOptions {
   // --instance_data_dir) instead of reading name.txt.
   bool caption_from_file_stem = false;
   BadSamplePolicy on_bad_sample = BadSamplePolicy::Skip;
+  // false: an image without a caption (no metadata.jsonl key, no name.txt, no .txt/.json member)
+  // gets "" instead of being a bad sample (VQ-GAN training reads no captions).
+  bool require_captions = true;
+  // Image folders: keep one split only. "" keeps every image; "train" or "validation" keeps the
+  // metadata.jsonl rows whose "split" equals it (rows without "split" count as "train"). When no
+  // row has a "split" (or there is no metadata.jsonl), `holdout_fraction` of the images, spread
+  // evenly over the folder's order (metadata.jsonl lines, or sorted paths) and at least one when
+  // there are two or more, form "validation" and the rest "train". Tar shards take "" only
+  // (Unsupported otherwise). No image in the split: IoError.
+  std::string split;
+  double holdout_fraction = 0.0;
   uint64_t seed = 0;
   bool shuffle = true;         // false: sorted order, shards in the given order
   int64_t shuffle_buffer = 0;  // tar shards: records held for shuffling (0 = none)
