@@ -36,8 +36,8 @@ class ClipTokenizer {
   ClipTokenizer(const ClipTokenizer&) = delete;
   ClipTokenizer& operator=(const ClipTokenizer&) = delete;
 
-  // Longest text tokenize()/encode() accept (an InvalidArgument beyond): CLIP reads 77 tokens,
-  // and BPE time grows faster than linearly in the length of a word.
+  // Longest text tokenize()/encode() accept (an InvalidArgument beyond): CLIP reads 77 tokens.
+  // (BPE takes O(n log n) in the length of a word, so one 1 MiB word takes well under a second.)
   static constexpr size_t kMaxTextBytes = 1u << 20;
   // encode_padded/encode_batch tokenize only about this many leading bytes of a longer text (cut
   // at whitespace) when that already yields max_length tokens; the ids are identical.

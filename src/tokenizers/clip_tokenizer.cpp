@@ -9,6 +9,7 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
@@ -143,6 +144,7 @@ struct ClipTokenizer::Impl {
   bool clean_up_spaces = true;
 
   static constexpr size_t kMaxCacheEntries = 200000;
+  static constexpr size_t kMaxCachedPieceBytes = 256;
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache;
 
@@ -154,47 +156,81 @@ struct ClipTokenizer::Impl {
 };
 
 std::vector<std::string> ClipTokenizer::Impl::bpe(const std::string& piece) const {
-  {
+  // Long pieces are not cached: the cache is bounded in entries, and its memory should be too.
+  const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
+  if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mutex);
     if (auto it = cache.find(piece); it != cache.end()) return it->second;
   }
-  std::vector<std::string> word;
-  word.reserve(piece.size());
-  for (unsigned char b : piece) word.push_back(byte_encoder()[b]);
-  word.back() += "</w>";
-  std::string key;
-  while (word.size() > 1) {
-    // The adjacent pair with the lowest merge rank.
-    int64_t best_rank = -1;
-    size_t best = 0;
-    for (size_t i = 0; i + 1 < word.size(); ++i) {
-      key.assign(word[i]).append(" ").append(word[i + 1]);
-      auto it = bpe_ranks.find(key);
-      if (it != bpe_ranks.end() && (best_rank < 0 || it->second < best_rank)) {
-        best_rank = it->second;
-        best = i;
-      }
-    }
-    if (best_rank < 0) break;
-    const std::string first = word[best], second = word[best + 1];
-    // Merge every occurrence of the pair, left to right, non-overlapping.
-    std::vector<std::string> merged;
-    merged.reserve(word.size());
-    for (size_t i = 0; i < word.size();) {
-      if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
-        merged.push_back(first + second);
-        i += 2;
-      } else {
-        merged.push_back(std::move(word[i]));
-        i += 1;
-      }
-    }
-    word = std::move(merged);
+  // CLIPTokenizer.bpe repeats: take the adjacent pair with the lowest merge rank, merge all its
+  // non-overlapping occurrences left to right. Done with a rescan per merge that is quadratic in
+  // the piece's length; here each rank's occurrences come from a heap in O(n log n) instead, with
+  // the same result: the symbols are a linked list keeping their first byte's index, so heap
+  // entries of one rank pop in left-to-right order, an entry whose symbols changed is stale, and
+  // the pairs a merge creates (never of the rank being merged: the merged symbol is longer than
+  // either half) are pushed only after every occurrence of that rank is merged.
+  const size_t n = piece.size();
+  if (n == 0) return {};
+  std::vector<std::string> sym(n);
+  for (size_t i = 0; i < n; ++i) sym[i] = byte_encoder()[static_cast<unsigned char>(piece[i])];
+  sym[n - 1] += "</w>";
+  std::vector<int64_t> prev(n), next(n);
+  std::vector<uint32_t> version(n, 0);
+  std::vector<bool> alive(n, true);
+  for (size_t i = 0; i < n; ++i) {
+    prev[i] = static_cast<int64_t>(i) - 1;
+    next[i] = i + 1 < n ? static_cast<int64_t>(i) + 1 : -1;
   }
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  // Bounded so that a long-running server fed arbitrary text does not grow without limit.
-  if (cache.size() >= kMaxCacheEntries) cache.clear();
-  cache.emplace(piece, word);
+  struct Entry {
+    int64_t rank;
+    int64_t left;
+    uint32_t left_version, right_version;
+    bool operator>(const Entry& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
+  std::string key;
+  const auto push_pair = [&](int64_t left) {
+    if (left < 0 || next[left] < 0) return;
+    const int64_t right = next[left];
+    key.assign(sym[left]).append(" ").append(sym[right]);
+    if (auto it = bpe_ranks.find(key); it != bpe_ranks.end())
+      heap.push({it->second, left, version[left], version[right]});
+  };
+  for (size_t i = 0; i + 1 < n; ++i) push_pair(static_cast<int64_t>(i));
+  const auto valid = [&](const Entry& e) {
+    return alive[e.left] && version[e.left] == e.left_version && next[e.left] >= 0 &&
+           version[next[e.left]] == e.right_version;
+  };
+  std::vector<int64_t> merged_at;
+  while (!heap.empty()) {
+    const int64_t rank = heap.top().rank;
+    merged_at.clear();
+    while (!heap.empty() && heap.top().rank == rank) {
+      const Entry e = heap.top();
+      heap.pop();
+      if (!valid(e)) continue;
+      const int64_t right = next[e.left];
+      sym[e.left] += sym[right];
+      ++version[e.left];
+      alive[right] = false;
+      next[e.left] = next[right];
+      if (next[right] >= 0) prev[next[right]] = e.left;
+      merged_at.push_back(e.left);
+    }
+    for (int64_t at : merged_at) {
+      if (!alive[at]) continue;
+      push_pair(prev[at]);
+      push_pair(at);
+    }
+  }
+  std::vector<std::string> word;
+  for (int64_t i = 0; i >= 0; i = next[i]) word.push_back(std::move(sym[i]));
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    // Bounded so that a long-running server fed arbitrary text does not grow without limit.
+    if (cache.size() >= kMaxCacheEntries) cache.clear();
+    cache.emplace(piece, word);
+  }
   return word;
 }
 

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <random>
+#include <unordered_map>
 
 #include "amused/error.h"
 #include "amused/tokenizer.h"
@@ -171,6 +173,67 @@ TEST(ClipPretokenizer, SplitsLikeTheClipPattern) {
   for (auto v : clip_split(text)) got.emplace_back(v);
   EXPECT_EQ(got, (std::vector<std::u32string>{U"it", U"'s", U"<|endoftext|>", U"ok", U"1", U"2",
                                               U"ab", U"...!?", U"'", U"x"}));
+}
+
+// The BPE merges by rank with a heap; CLIPTokenizer.bpe rescans the word for every merge. Both must
+// give the same symbols: checked against that rescanning loop, written here as the Python reads, on
+// random words over a few letters (many competing merges) with the real CLIP merges.
+std::vector<std::string> rescanning_bpe(const std::string& word_text,
+                                        const std::unordered_map<std::string, int64_t>& ranks) {
+  std::vector<std::string> word;
+  for (char c : word_text) word.emplace_back(1, c);
+  word.back() += "</w>";
+  while (word.size() > 1) {
+    int64_t best = -1;
+    size_t at = 0;
+    for (size_t i = 0; i + 1 < word.size(); ++i) {
+      auto it = ranks.find(word[i] + " " + word[i + 1]);
+      if (it != ranks.end() && (best < 0 || it->second < best)) best = it->second, at = i;
+    }
+    if (best < 0) break;
+    const std::string first = word[at], second = word[at + 1];
+    std::vector<std::string> merged;
+    for (size_t i = 0; i < word.size();) {
+      if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) merged.push_back(first + second), i += 2;
+      else merged.push_back(word[i]), i += 1;
+    }
+    word = merged;
+  }
+  return word;
+}
+
+TEST(ClipTokenizer, HeapBpeEqualsTheRescanningLoopAndIsNotQuadratic) {
+  AMUSED_REQUIRE_GOLDEN();
+  const fs::path dir = amused::testing::golden_dir() / "models" / "tiny-a" / "tokenizer";
+  std::unordered_map<std::string, int64_t> ranks;
+  std::ifstream merges(dir / "merges.txt");
+  std::string line;
+  int64_t rank = 0;
+  std::getline(merges, line);  // #version
+  while (std::getline(merges, line)) ranks[line] = rank++;
+  const auto tok = ClipTokenizer::from_folder(dir);
+  std::mt19937 rng(7);
+  for (const std::string alphabet : {"ab", "aeiou", "estanril", "abcdefghijklmnopqrstuvwxyz"}) {
+    for (int trial = 0; trial < 150; ++trial) {
+      const size_t len = 1 + rng() % 40;
+      std::string w;
+      for (size_t i = 0; i < len; ++i) w += alphabet[rng() % alphabet.size()];
+      ASSERT_EQ(tok->tokenize(w), rescanning_bpe(w, ranks)) << "word '" << w << "'";
+    }
+  }
+  std::string long_word;
+  for (int i = 0; i < 3000; ++i) long_word += "estanril"[rng() % 8];
+  EXPECT_EQ(tok->tokenize(long_word), rescanning_bpe(long_word, ranks));
+  // One 1 MiB word, the longest text accepted (the rescanning loop needs minutes for it; this is
+  // n log n). Its merges are periodic, so its first symbols are those of a short prefix.
+  std::string huge;
+  while (huge.size() < ClipTokenizer::kMaxTextBytes) huge += "ab";
+  const auto symbols = tok->tokenize(huge);
+  const auto prefix_symbols = tok->tokenize(huge.substr(0, 4096));
+  ASSERT_GT(symbols.size(), 100u);
+  EXPECT_EQ(std::vector<std::string>(symbols.begin(), symbols.begin() + 50),
+            std::vector<std::string>(prefix_symbols.begin(), prefix_symbols.begin() + 50));
+  EXPECT_EQ(tok->encode_padded(huge, 77).size(), 77u);
 }
 
 }  // namespace
