@@ -9,6 +9,48 @@
 namespace amused {
 using nlohmann::json;
 
+namespace {
+// Counts nesting; stops (returns false) past the limit. Values are not kept.
+class DepthLimiter : public nlohmann::json_sax<json> {
+ public:
+  DepthLimiter(int max_depth, const std::function<void(const std::string&)>& top_level_key)
+      : max_depth_(max_depth), top_level_key_(top_level_key) {}
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return enter(); }
+  bool key(string_t& k) override {
+    if (depth_ == 1 && top_level_key_) top_level_key_(k);
+    return true;
+  }
+  bool end_object() override { return --depth_, true; }
+  bool start_array(std::size_t) override { return enter(); }
+  bool end_array() override { return --depth_, true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+  bool too_deep = false;
+
+ private:
+  bool enter() {
+    if (++depth_ > max_depth_) too_deep = true;
+    return !too_deep;
+  }
+  int depth_ = 0;
+  const int max_depth_;
+  const std::function<void(const std::string&)>& top_level_key_;
+};
+}  // namespace
+
+bool json_depth_within(std::string_view text, int max_depth,
+                       const std::function<void(const std::string&)>& top_level_key) {
+  DepthLimiter limiter(max_depth, top_level_key);
+  json::sax_parse(text.begin(), text.end(), &limiter, nlohmann::detail::input_format_t::json, true);
+  return !limiter.too_deep;
+}
+
 json parse_json_text(std::string_view text, const std::string& source) {
   if (text.size() > kMaxJsonFileBytes)
     throw ConfigError(source + " is " + std::to_string(text.size()) + " bytes, more than the " +
@@ -16,12 +58,10 @@ json parse_json_text(std::string_view text, const std::string& source) {
                       " MiB limit for a JSON file (not a config?)");
   try {
     // The depth limit keeps recursive consumers (dump, comparisons) off deep stacks.
-    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth)
-        throw ConfigError(source + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
-                          " levels (not a config?)");
-      return true;
-    });
+    if (!json_depth_within(text, kMaxJsonDepth))
+      throw ConfigError(source + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
+                        " levels (not a config?)");
+    return json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     throw ConfigError(source + " is not valid JSON: " + e.what());
   }

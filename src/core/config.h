@@ -8,6 +8,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -32,6 +33,13 @@ inline constexpr int64_t kMaxConfigSize = int64_t{1} << 20;
 nlohmann::json read_json_file(const std::filesystem::path& path);
 // The same checks on text already in memory (`source` names it in messages).
 nlohmann::json parse_json_text(std::string_view text, const std::string& source);
+
+// One linear pass over JSON text without building it (nlohmann's SAX parser): false when objects
+// and arrays nest deeper than `max_depth` (the text may still be invalid JSON: parse it after).
+// `top_level_key`, when given, sees every key of the outermost object in order. (nlohmann's parse
+// callbacks, the other way to limit depth, rescan a parent object on each of its keys: quadratic.)
+bool json_depth_within(std::string_view text, int max_depth,
+                       const std::function<void(const std::string&)>& top_level_key = {});
 
 class ConfigReader {
  public:

@@ -156,17 +156,13 @@ std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const fs::path& path) {
   std::string duplicate;
   json header;
   try {
-    header = json::parse(
-        reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + n),
-        [&](int depth, json::parse_event_t event, json& parsed) {
-          // Real headers nest 3 levels; deep nesting only costs stack in recursive consumers.
-          if (depth > kMaxJsonDepth) fail(path, "header nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-          if (depth == 1 && event == json::parse_event_t::key) {
-            std::string k = parsed.get<std::string>();
-            if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
-          }
-          return true;
-        });
+    const std::string_view text(reinterpret_cast<const char*>(bytes + 8), static_cast<size_t>(n));
+    // Real headers nest 3 levels; deep nesting only costs stack in recursive consumers.
+    if (!json_depth_within(text, kMaxJsonDepth, [&](const std::string& k) {
+          if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
+        }))
+      fail(path, "header nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    header = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     fail(path, std::string("header is not valid JSON (") + e.what() + ")");
   }
