@@ -4,6 +4,7 @@
 #include <cstdio>
 // jpeglib.h needs size_t and FILE declared first.
 #include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
 #include <stb/stb_image.h>
 
@@ -16,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "amused/error.h"
 #include "amused/image_io.h"
@@ -111,8 +113,9 @@ Image decode_png(std::string_view data, const fs::path& path) {
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
   if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
-  // Alpha (and tRNS transparency) is dropped, as PIL's convert("RGB") does.
-  if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  // Alpha (and tRNS transparency, which the palette and low-depth grey expansions above turn into
+  // an alpha channel: pngquant's palette+tRNS files) is dropped, as PIL's convert("RGB") does.
+  if ((color & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) png_set_strip_alpha(png);
   png_read_update_info(png, info);
   img.width = static_cast<int>(png_get_image_width(png, info));
   img.height = static_cast<int>(png_get_image_height(png, info));
@@ -132,13 +135,25 @@ struct JpegError {
   jpeg_error_mgr mgr;
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
+  bool truncated = false;  // libjpeg's "premature end of data" warning: it pads with grey
 };
 void jpeg_on_error(j_common_ptr cinfo) {
   auto* err = reinterpret_cast<JpegError*>(cinfo->err);
   (*cinfo->err->format_message)(cinfo, err->message);
   longjmp(err->jump, 1);
 }
-void jpeg_on_message(j_common_ptr, int) {}
+void jpeg_on_message(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegError*>(cinfo->err)->truncated = true;
+}
+
+// PIL's CMYK -> RGB (Convert.c cmyk2rgb): each channel is (255 - k) scaled by (255 - c) / 255,
+// rounded as its MULDIV255.
+uint8_t cmyk_channel(unsigned c, unsigned k) {
+  const unsigned nk = 255 - k;
+  const unsigned t = c * nk + 128;
+  const int v = static_cast<int>(nk) - static_cast<int>((t + (t >> 8)) >> 8);
+  return static_cast<uint8_t>(v < 0 ? 0 : v);
+}
 
 Image decode_jpeg(std::string_view data, const fs::path& path) {
   jpeg_decompress_struct cinfo;
@@ -147,6 +162,7 @@ Image decode_jpeg(std::string_view data, const fs::path& path) {
   err.mgr.error_exit = jpeg_on_error;
   err.mgr.emit_message = jpeg_on_message;
   Image img;
+  std::vector<JSAMPLE> cmyk_row;  // (declared before setjmp: longjmp must not skip a destructor)
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     throw IoError("cannot decode JPEG '" + path.string() + "': " + err.message);
@@ -160,18 +176,33 @@ Image decode_jpeg(std::string_view data, const fs::path& path) {
     jpeg_destroy_decompress(&cinfo);
     throw;
   }
-  cinfo.out_color_space = JCS_RGB;  // grey and YCbCr both come out as RGB
+  // Grey and YCbCr come out as RGB; CMYK and YCCK (Photoshop's print JPEGs) as CMYK, converted
+  // below (libjpeg has no CMYK -> RGB conversion).
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
   img.channels = 3;
   img.pixels.resize(static_cast<size_t>(img.width) * img.height * 3);
+  cmyk_row.resize(cmyk ? static_cast<size_t>(img.width) * 4 : 0);
+  // Adobe's CMYK JPEGs store inverted values (PIL reads them as "CMYK;I").
+  const bool inverted = cmyk && cinfo.saw_Adobe_marker;
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = img.pixels.data() + static_cast<size_t>(cinfo.output_scanline) * img.width * 3;
+    uint8_t* out = img.pixels.data() + static_cast<size_t>(cinfo.output_scanline) * img.width * 3;
+    JSAMPROW row = cmyk ? cmyk_row.data() : out;
     jpeg_read_scanlines(&cinfo, &row, 1);
+    for (int x = 0; cmyk && x < img.width; ++x) {
+      unsigned v[4];
+      for (int c = 0; c < 4; ++c) v[c] = inverted ? 255u - cmyk_row[x * 4 + c] : cmyk_row[x * 4 + c];
+      for (int c = 0; c < 3; ++c) out[x * 3 + c] = cmyk_channel(v[c], v[3]);
+    }
   }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
+  // libjpeg pads a cut file with grey and only warns; PIL refuses it ("image file is truncated").
+  if (err.truncated)
+    throw IoError("cannot decode JPEG '" + path.string() + "': the file is truncated (premature end of data)");
   return img;
 }
 

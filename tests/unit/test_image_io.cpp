@@ -1,8 +1,12 @@
 // Image files: PNG round trip with text chunks, PNG/JPEG/BMP input in every colour layout, bad files.
 #include <gtest/gtest.h>
-#include <stb/stb_image_write.h>
 
+#include <cstdio>  // (before jpeglib.h, which uses FILE)
 #include <fstream>
+
+#include <jpeglib.h>
+#include <png.h>
+#include <stb/stb_image_write.h>
 
 #include "amused/error.h"
 #include "amused/image_io.h"
@@ -165,4 +169,90 @@ TEST(ImageIo, SaveFilesIsAllOrNothing) {
   EXPECT_EQ(read(tmp / "images" / "a.png"), "old");
   EXPECT_FALSE(fs::exists(tmp / "images" / "c.png"));
   EXPECT_EQ(count_files(tmp / "images"), 2);  // a.png, b.png: no temporary file left
+}
+
+// Issue 20: common files that were refused or accepted wrongly.
+TEST(ImageIo, PalettePngWithTransparencyIsRead) {
+  // What pngquant writes: a palette with a tRNS chunk (per-entry alpha).
+  TempDir tmp;
+  const auto path = tmp / "pal.png";
+  FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  png_init_io(png, f);
+  png_set_IHDR(png, info, 3, 2, 8, PNG_COLOR_TYPE_PALETTE, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  png_color palette[3] = {{255, 0, 0}, {0, 200, 0}, {10, 20, 250}};
+  png_set_PLTE(png, info, palette, 3);
+  png_byte alpha[3] = {0, 128, 255};
+  png_set_tRNS(png, info, alpha, 3, nullptr);
+  png_write_info(png, info);
+  png_byte rows[2][3] = {{0, 1, 2}, {2, 1, 0}};
+  for (auto& r : rows) png_write_row(png, r);
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(f);
+  const Image im = amused::load_image(path);
+  ASSERT_EQ(im.channels, 3);
+  ASSERT_EQ(im.pixels.size(), 3u * 2 * 3);
+  // Transparency dropped, the palette's colours kept (PIL's convert("RGB")).
+  EXPECT_EQ(std::vector<uint8_t>(im.pixels.begin(), im.pixels.begin() + 9),
+            (std::vector<uint8_t>{255, 0, 0, 0, 200, 0, 10, 20, 250}));
+  EXPECT_EQ(std::vector<uint8_t>(im.pixels.begin() + 9, im.pixels.end()),
+            (std::vector<uint8_t>{10, 20, 250, 0, 200, 0, 255, 0, 0}));
+}
+
+TEST(ImageIo, CmykJpegIsConvertedAsPilDoes) {
+  TempDir tmp;
+  const auto path = tmp / "cmyk.jpg";
+  FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  jpeg_stdio_dest(&c, f);
+  c.image_width = 16;
+  c.image_height = 16;
+  c.input_components = 4;
+  c.in_color_space = JCS_CMYK;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, 100, TRUE);
+  jpeg_start_compress(&c, TRUE);
+  // Stored values; libjpeg writes an Adobe marker for CMYK, so readers take them as inverted
+  // (Photoshop's convention, PIL's "CMYK;I"): C 0, M 200, Y 0, K 0 -> RGB (255, 55, 255).
+  std::vector<JSAMPLE> row(16 * 4);
+  for (int x = 0; x < 16; ++x) row[x * 4 + 0] = 255, row[x * 4 + 1] = 55, row[x * 4 + 2] = 255, row[x * 4 + 3] = 255;
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW r = row.data();
+    jpeg_write_scanlines(&c, &r, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  std::fclose(f);
+  const Image im = amused::load_image(path);
+  ASSERT_EQ(im.width, 16);
+  for (size_t i = 0; i < im.pixels.size(); i += 3) {
+    EXPECT_NEAR(im.pixels[i + 0], 255, 2);
+    EXPECT_NEAR(im.pixels[i + 1], 55, 2);
+    EXPECT_NEAR(im.pixels[i + 2], 255, 2);
+  }
+}
+
+TEST(ImageIo, TruncatedJpegIsRefused) {
+  TempDir tmp;
+  const Image im = gradient(64, 64, 3);
+  ASSERT_TRUE(stbi_write_jpg((tmp / "full.jpg").c_str(), 64, 64, 3, im.pixels.data(), 90));
+  std::ifstream in(tmp / "full.jpg", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NO_THROW(amused::load_image(tmp / "full.jpg"));
+  { std::ofstream(tmp / "cut.jpg", std::ios::binary) << bytes.substr(0, bytes.size() * 6 / 10); }
+  try {
+    amused::load_image(tmp / "cut.jpg");
+    FAIL() << "a truncated JPEG decoded";
+  } catch (const amused::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cut.jpg"), std::string::npos) << e.what();
+  }
 }
