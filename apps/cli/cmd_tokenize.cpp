@@ -43,6 +43,9 @@ std::vector<std::string> read_prompt_lines(const std::string& path) {
   std::ifstream file;
   std::istream* in = &std::cin;
   if (path != "-") {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec))
+      throw amused::InvalidArgument("--file '" + path + "' is a folder; give a text file with one prompt per line");
     file.open(path, std::ios::binary);
     if (!file)
       throw amused::IoError("--file '" + path + "' cannot be read (missing or no permission)");

@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -45,8 +47,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    for (auto& [sub, run] : runners)
-      if (sub->parsed()) return run();
+    for (auto& [sub, run] : runners) {
+      if (!sub->parsed()) continue;
+      const int code = run();
+      // Output that could not be written (a full disk, a closed pipe, /dev/full) is a failure,
+      // not a success with the output lost.
+      if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        std::fprintf(stderr, "error: cannot write to standard output: %s\n", std::strerror(errno));
+        return code == 0 ? 1 : code;
+      }
+      return code;
+    }
   } catch (const amused::Cancelled& e) {
     std::fprintf(stderr, "cancelled: %s\n", e.what());
     return 130;

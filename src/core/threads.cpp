@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include "core/log.h"
+
 namespace amused {
 namespace {
 std::atomic<bool> g_blas_single_threaded{false};
@@ -99,7 +101,15 @@ int physical_core_count() {
 }
 
 int configure_threads(int threads) {
-  const int n = threads > 0 ? threads : physical_core_count();
+  int n = threads > 0 ? threads : physical_core_count();
+  // Far more threads than logical CPUs only adds contention (and --threads 100000 would try to
+  // start that many): bounded at twice the logical CPUs, with a warning.
+  const int logical = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n > 2 * logical) {
+    log::warn("asked for " + std::to_string(n) + " threads; this machine has " + std::to_string(logical) +
+              " logical CPUs, using " + std::to_string(2 * logical));
+    n = 2 * logical;
+  }
   at::set_num_threads(n);
   // OpenBLAS's own pthread pool would compete with LibTorch's OpenMP pool for the same cores (both
   // spin between calls), so it is kept to the calling thread; nn/matmul.h parallelises the large

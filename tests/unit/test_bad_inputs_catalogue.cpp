@@ -267,7 +267,23 @@ TEST(BadInputsCatalogue, Tokenizer) {
        [](auto& m, auto&) { write_file(m / "tokenizer" / "vocab.json", R"({"a": "zero"})"); },
        true},
       {"tokenize: model missing", "tokenize -m '{T}/nope' 'a cat'", 1, "nope"},
+      {"tokenize: --file is a folder", "tokenize -m '{M}' -f '{T}'", 1, "is a folder"},
   });
+}
+
+// Issue 20: `tokenize > /dev/full` exited 0 with its output lost. Every command's stdout is
+// flushed and checked before the exit code is decided.
+TEST(BadInputsCatalogue, StdoutWriteErrorsFail) {
+  AMUSED_REQUIRE_GOLDEN();
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system";
+  TempDir tmp;
+  const std::string cmd = std::string("'") + AMUSED_CLI_PATH + "' tokenize -m '" +
+                          golden_path("models/tiny-a").string() + "' 'a cat' >/dev/full 2>'" +
+                          (tmp / "err").string() + "'";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_NE(slurp(tmp / "err").find("cannot write to standard output"), std::string::npos) << slurp(tmp / "err");
 }
 
 TEST(BadInputsCatalogue, Flags) {
