@@ -1,5 +1,7 @@
 #include "nn/matmul.h"
 
+#include <atomic>
+
 #include <ATen/autocast_mode.h>
 
 #include "core/threads.h"
@@ -57,6 +59,11 @@ std::pair<int64_t, int64_t> piece_range(int64_t size, int64_t i, int64_t n, int6
 }  // namespace
 
 bool splits_products() { return split_threads() > 1; }
+
+namespace {
+std::atomic<int64_t> g_split_products{0};
+}
+int64_t split_product_count() { return g_split_products.load(std::memory_order_relaxed); }
 
 namespace {
 // Training: the same split products under autograd. Forward runs the split product (autograd is
@@ -118,6 +125,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
       // inputs and after it (matmul, then add) for all others; the sums round differently, so
       // follow it.
       const bool fused_bias = b.defined() && x.dim() == 2;
+      g_split_products.fetch_add(1, std::memory_order_relaxed);
       auto out = torch::empty({M, N}, x.options());
       const auto wt = w.t();
       for_each_piece(threads, [&](int64_t i, int64_t n) {
@@ -148,6 +156,7 @@ torch::Tensor batched_matmul(const torch::Tensor& a, const torch::Tensor& b) {
     const auto b3 = b.reshape({-1, K, N});
     const int64_t batch = a3.size(0);
     if (static_cast<double>(batch) * M * N * K >= kMinSplitMultiplyAdds && batch >= threads) {
+      g_split_products.fetch_add(1, std::memory_order_relaxed);
       auto out = torch::empty({batch, M, N}, a.options());
       for_each_piece(threads, [&](int64_t i, int64_t n) {
         const auto [s, len] = piece_range(batch, i, n, 1);

@@ -32,4 +32,8 @@ torch::Tensor batched_matmul(const torch::Tensor& a, const torch::Tensor& b);
 // Whether these helpers split products across threads right now (see configure_threads).
 bool splits_products();
 
+// How many products these helpers have split so far (all threads): tests prove with it that the
+// split path ran.
+int64_t split_product_count();
+
 }  // namespace amused::nn

@@ -41,12 +41,15 @@ TEST_F(Matmul, SplitsOnlyWhereItCan) {
 }
 
 TEST_F(Matmul, LinearEqualsUnsplitBitForBit) {
+  // Elsewhere nothing is split, and the comparison below would compare F.linear with itself.
+  if (!amused::blas_single_threaded()) GTEST_SKIP() << "the BLAS here is not OpenBLAS: products are not split";
   torch::manual_seed(0);
   torch::NoGradGuard no_grad;
   struct Case {
     std::vector<int64_t> x_shape;
     int64_t n;
     bool bias, transposed_input;
+    bool splits = true;
   };
   const std::vector<Case> cases = {
       {{512, 1024}, 1024, true, false},      // rows, 2-d, bias inside the product (addmm)
@@ -55,8 +58,8 @@ TEST_F(Matmul, LinearEqualsUnsplitBitForBit) {
       {{2, 256, 1024}, 1024, true, true},    // rows, strided 3-d: bias added after the product
       {{154, 768}, 768, true, false},        // two prompts' tokens (77 each): a piece off the tiles
       {{3, 333, 1000}, 1300, true, false},   // sizes off the kernel tiles
-      {{8, 768}, 4096, true, false},         // too few rows to split
-      {{4, 64}, 64, true, false},            // too small to split
+      {{8, 768}, 4096, true, false, false},  // too few rows to split
+      {{4, 64}, 64, true, false, false},     // too small to split
   };
   for (const auto& c : cases) {
     auto x = torch::randn(c.x_shape);
@@ -65,7 +68,10 @@ TEST_F(Matmul, LinearEqualsUnsplitBitForBit) {
     auto w = torch::randn({c.n, k}) / std::sqrt(static_cast<double>(k));
     auto b = c.bias ? torch::randn({c.n}) : torch::Tensor();
     const auto expected = unsplit([&] { return torch::nn::functional::linear(x, w, b); });
+    const int64_t splits_before = amused::nn::split_product_count();
     const auto got = amused::nn::linear(x, w, b);
+    EXPECT_EQ(amused::nn::split_product_count() - splits_before, c.splits ? 1 : 0)
+        << "x " << x.sizes() << " n " << c.n << (c.splits ? ": the split path did not run" : ": split unexpectedly");
     ASSERT_EQ(got.sizes(), expected.sizes()) << "x " << x.sizes() << " n " << c.n;
     EXPECT_TRUE(torch::equal(got, expected)) << "x " << x.sizes() << " n " << c.n << " bias " << c.bias
                                              << " max diff " << (got - expected).abs().max().item<float>();
