@@ -29,6 +29,7 @@
 #include "io/state_dict.h"
 #include "nn/execution.h"
 #include "nn/lora.h"
+#include "nn/precision.h"
 #include "pipelines/components.h"
 #include "pipelines/pipeline_amused.h"
 #include "training/checkpoint.h"
@@ -321,6 +322,26 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
     lc.rank = o_.lora_rank;
     lc.alpha = o_.lora_alpha;
     lc.target_modules = o_.lora_targets;
+    if (o_.mixed_precision != "no") {
+      // Under autocast the frozen base weights are only read as 16-bit operands of the products
+      // (autocast rounds the float32 weight to bfloat16/float16 in every forward): storing the
+      // Linear/Conv weights in 16 bits once gives the same operands at half their memory. Norms,
+      // biases, embeddings and the float32-kept heads stay float32; the adapters are float32.
+      const auto low = o_.mixed_precision == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+      for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(c_.transformer.get()),
+                                   static_cast<torch::nn::Module*>(c_.text_encoder.get())}) {
+        auto plan = nn::mixed_precision_plan(*m, low);
+        for (const auto& item : m->named_modules("", false))
+          if (item.value()->as<nn::EmbeddingImpl>()) plan.erase(item.key() + ".weight");
+        io::LoadOptions lo;
+        lo.dtype_for = [plan](const std::string& key, const torch::Tensor&) -> std::optional<torch::ScalarType> {
+          auto it = plan.find(key);
+          if (it == plan.end()) return std::nullopt;
+          return it->second;
+        };
+        io::convert_parameters(*m, lo);
+      }
+    }
     const auto layers = nn::add_lora_adapters(*c_.transformer, lc, "transformer");
     nn::freeze_all_but_lora(*c_.transformer);
     int64_t n = 0;
