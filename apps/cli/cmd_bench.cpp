@@ -28,6 +28,7 @@ struct BenchArgs {
   bool json = false, random_weights = false, offline = false, skip_ceilings = false, train = false;
   int train_steps = 3;
   bool gradient_checkpointing = false;
+  bool lora = false;  // --train --lora: adapters only (rank 16, alpha 32, to_q/to_k/to_v)
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 0;
 };
@@ -70,6 +71,7 @@ int run_train(const BenchArgs& a) {
   o.seed = a.seed;
   o.center_crop = true;
   o.gradient_checkpointing = a.gradient_checkpointing;
+  o.lora = a.lora;  // train_amused.py --use_lora defaults: r 16, alpha 32, to_q/to_k/to_v
   {
     std::mt19937 rng(0);
     std::ofstream meta(data / "metadata.jsonl");
@@ -105,6 +107,7 @@ int run_train(const BenchArgs& a) {
     nlohmann::json j = {{"mode", "train"},           {"model", a.model},
                         {"mixed_precision", o.mixed_precision}, {"device", a.device},
                         {"gradient_checkpointing", o.gradient_checkpointing},
+                        {"lora", o.lora},
                         {"threads", sys.threads},    {"cpu", sys.cpu_model},
                         {"blas", sys.blas},          {"batch", a.batch},
                         {"load_s", load_s},          {"step_s", med},
@@ -121,8 +124,9 @@ int run_train(const BenchArgs& a) {
   }
   std::printf("machine      %s, %d physical cores, %d threads, %s\n", sys.cpu_model.c_str(), sys.physical_cores,
               sys.threads, sys.blas.c_str());
-  std::printf("training     %s, batch %d, mixed precision %s, %zu timed steps after 1 warm-up\n", a.model.c_str(),
-              a.batch, o.mixed_precision.c_str(), steps.size());
+  std::printf("training     %s, batch %d, mixed precision %s%s, %zu timed steps after 1 warm-up\n", a.model.c_str(),
+              a.batch, o.mixed_precision.c_str(), o.lora ? ", LoRA r 16 alpha 32 on to_q/to_k/to_v" : "",
+              steps.size());
   std::printf("load         %8.3f s\n", load_s);
   std::printf("step         %8.3f s median (min %.3f, max %.3f), %.3f samples/s\n", med,
               steps.empty() ? 0 : *std::min_element(steps.begin(), steps.end()),
@@ -263,6 +267,7 @@ amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, p
   sub.add_option("--train-steps", a->train_steps, "Timed training steps after one warm-up step")
       ->capture_default_str();
   sub.add_flag("--gradient-checkpointing", a->gradient_checkpointing, "With --train: recompute layers in backward");
+  sub.add_flag("--lora", a->lora, "With --train: train LoRA adapters only (rank 16, alpha 32, to_q/to_k/to_v)");
   return std::function<int()>([a] { return run(*a); });
 });
 

@@ -36,6 +36,8 @@ struct GenerateArgs {
   bool quiet = false, json = false;
   std::string init_image, mask;
   std::optional<double> strength;
+  std::vector<std::string> loras;
+  std::string lora_mode = "merge";
 };
 
 std::vector<double> parse_numbers(const std::string& s, const char* flag) {
@@ -134,6 +136,10 @@ int run(const GenerateArgs& a) {
 
   const bool show_progress = !a.quiet && !a.json && amused::cli::stderr_is_tty();
   amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
+  for (const auto& spec : a.loras) lo.loras.push_back(amused::cli::parse_lora_flag(spec));
+  if (a.lora_mode != "merge" && a.lora_mode != "runtime")
+    throw amused::InvalidArgument("--lora-mode '" + a.lora_mode + "' is unknown (merge or runtime)");
+  lo.merge_loras = a.lora_mode == "merge";
   amused::cli::ProgressBar download_bar(show_progress, "download ");
   lo.download_progress = [&](const std::string&, uint64_t done, uint64_t total) {
     download_bar.update(static_cast<double>(done) / (1 << 20), static_cast<double>(total) / (1 << 20));
@@ -253,6 +259,12 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
                  "as in the reference: img2img at strength 1.0 masks no token on its first step and barely "
                  "changes the image");
   sub.add_option("--mask", a->mask, "Inpainting mask (white = regenerate), same aspect ratio as --init-image");
+  sub.add_option("--lora", a->loras,
+                 "LoRA adapter FILE[:SCALE] (diffusers pytorch_lora_weights.safetensors or a peft adapter folder; "
+                 "repeat to stack; scale multiplies alpha/r, default 1)");
+  sub.add_option("--lora-mode", a->lora_mode,
+                 "merge (into the weights, no cost per step) | runtime (per-layer, scales changeable)")
+      ->capture_default_str();
   sub.add_flag("-q,--quiet", a->quiet, "Print nothing but errors");
   sub.add_flag("--json", a->json, "Print one JSON summary (outputs, seed, timings) on stdout");
   return std::function<int()>([a] { return run(*a); });

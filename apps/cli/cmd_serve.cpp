@@ -26,6 +26,7 @@ struct ServeArgs {
   std::string device = "cpu", dtype = "auto", variant;
   int threads = 0;
   bool offline = false;
+  std::vector<std::string> loras;
 };
 
 // SIGINT/SIGTERM -> one byte on a pipe, read by a watcher thread (a signal handler may do little
@@ -73,6 +74,9 @@ int run(const ServeArgs& a) {
   install_signal_handlers();
 
   amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
+  // Run-time adapters: each request may scale them ("loras": {"name": scale}) at no reload cost.
+  for (const auto& spec : a.loras) lo.loras.push_back(amused::cli::parse_lora_flag(spec));
+  lo.merge_loras = false;
   auto pipe = amused::Pipeline::load(a.model, lo);
   if (g_signal) return 0;  // interrupted while loading
 
@@ -137,6 +141,9 @@ amused::cli::Registrar reg(
       sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
       sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
+      sub.add_option("--lora", a->loras,
+                     "LoRA adapter FILE[:SCALE] loaded at start (repeatable; requests scale them by name with "
+                     "\"loras\": {\"NAME\": SCALE}, NAME = the file's stem)");
       sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");
       return std::function<int()>([a] { return run(*a); });
     });

@@ -53,10 +53,11 @@ int run(CLI::App& sub, const amused::TrainOptions& options, bool quiet) {
                  o.output.c_str());
     return 128 + g_stop_signal;
   }
-  std::printf("trained %lld steps%s in %s (peak RSS %.0f MiB), final loss %.4f; pipeline saved to %s\n",
+  std::printf("trained %lld steps%s in %s (peak RSS %.0f MiB), final loss %.4f; %s saved to %s\n",
               static_cast<long long>(summary.steps),
               summary.resumed_from > 0 ? (" (resumed at " + std::to_string(summary.resumed_from) + ")").c_str() : "",
-              duration(summary.seconds).c_str(), summary.peak_rss_mib, summary.final_loss, summary.output.c_str());
+              duration(summary.seconds).c_str(), summary.peak_rss_mib, summary.final_loss,
+              o.lora ? "LoRA" : "pipeline", summary.output.c_str());
   return 0;
 }
 
@@ -90,7 +91,18 @@ amused::cli::Registrar reg(
       sub.add_option("--mask-contiguous-region-prob", o->mask_contiguous_region_prob,
                      "Share of batches masking one rectangle (open-muse: 0.15)")
           ->capture_default_str();
-      sub.add_flag("--train-text-encoder", o->train_text_encoder, "Train the text encoder too");
+      sub.add_flag("--train-text-encoder", o->train_text_encoder,
+                   "Train the text encoder too (with --lora: adapters on its q/k/v/out projections)");
+      sub.add_option("--instance-image", o->instance_image,
+                     "Train on this one image (style from one image; instead of --data), a new crop each step");
+      sub.add_option("--instance-prompt", o->instance_prompt,
+                     "Caption of --instance-image (default: its file stem), e.g. \"A mushroom in [V] style\"");
+      sub.add_flag("--lora", o->lora, "Train LoRA adapters only (base weights frozen); saves pytorch_lora_weights.safetensors");
+      sub.add_option("--lora-rank", o->lora_rank, "LoRA rank r")->capture_default_str();
+      sub.add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scale alpha / r)")->capture_default_str();
+      sub.add_option("--lora-targets", o->lora_targets, "Linear layers that get adapters (comma-separated names)")
+          ->delimiter(',')
+          ->capture_default_str();
       sub.add_option("--max-steps", o->max_steps, "Optimizer steps")->capture_default_str();
       sub.add_option("--batch-size", o->batch_size, "Samples per step (per process)")->capture_default_str();
       sub.add_option("--gradient-accumulation-steps", o->gradient_accumulation_steps, "Micro-batches per step")
@@ -128,6 +140,23 @@ amused::cli::Registrar reg(
       sub.add_flag("-q,--quiet", *quiet, "No progress lines");
       return std::function<int()>([&sub, o, quiet, config] {
         if (!config->empty()) apply_config_file(sub, *config, "train");
+        if (!o->instance_image.empty() && o->lora) {
+          // The StyleDrop recipe of diffusers' examples/amused README (amused-256: lr 4e-4, constant
+          // schedule, batch 1, r 16 / alpha 32, decent results after 1500-2000 steps) for what the
+          // command line leaves open.
+          std::string applied;
+          if (sub.get_option("--learning-rate")->count() == 0) {
+            o->learning_rate = 4e-4;
+            applied += " --learning-rate 4e-4";
+          }
+          if (sub.get_option("--max-steps")->count() == 0) {
+            o->max_steps = 2000;
+            applied += " --max-steps 2000";
+          }
+          if (!applied.empty())
+            std::fprintf(stderr, "style from one image: the StyleDrop recipe's%s (give the flags to change them)\n",
+                         applied.c_str());
+        }
         return run(sub, *o, *quiet);
       });
     });

@@ -2,6 +2,8 @@
 // `Registrar`, so adding a command never touches main.cpp.
 #pragma once
 
+#include <cmath>
+
 #include <CLI/CLI.hpp>
 
 #include "amused/pipeline.h"
@@ -40,6 +42,29 @@ inline amused::LoadOptions load_options(const std::string& device, const std::st
   lo.variant = variant;
   lo.offline = offline;
   return lo;
+}
+
+// `--lora FILE[:SCALE]` (FILE may itself hold ':'; the part after the last one is the scale only when
+// it is a number). Throws amused::InvalidArgument for an empty file or a non-finite scale.
+inline amused::LoraAdapter parse_lora_flag(const std::string& spec) {
+  amused::LoraAdapter a;
+  a.path = spec;
+  const auto colon = spec.rfind(':');
+  if (colon != std::string::npos && colon + 1 < spec.size()) {
+    try {
+      size_t used = 0;
+      const std::string tail = spec.substr(colon + 1);
+      const double s = std::stod(tail, &used);
+      if (used == tail.size()) {
+        a.path = spec.substr(0, colon);
+        a.scale = s;
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  if (a.path.empty()) throw amused::InvalidArgument("--lora '" + spec + "': no file (FILE[:SCALE])");
+  if (!std::isfinite(a.scale)) throw amused::InvalidArgument("--lora '" + spec + "': the scale must be finite");
+  return a;
 }
 
 // True when stdout / stderr is a terminal (progress bars only then).

@@ -29,7 +29,8 @@ const std::set<std::string> kCommonFields = {"prompt",
                                              "temperature",
                                              "aesthetic_score",
                                              "crop_coord",
-                                             "masking_schedule"};
+                                             "masking_schedule",
+                                             "loras"};
 const std::set<std::string> kEditFields = {"image", "mask", "strength"};
 
 std::string type_name(const json& v) {
@@ -295,6 +296,20 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
       return invalid("masking_schedule", "'masking_schedule' must be 'cosine' or 'linear', got '" +
                                              r.masking_schedule + "'");
   }
+  if (has("loras")) {
+    // {"name": scale, ...}: the scales of the adapters loaded with `amused serve --lora` for this
+    // request (others keep their load scale); an unknown name is a 400 from the library.
+    const json& l = j.at("loras");
+    if (!l.is_object()) return wrong_type("loras", "an object {\"adapter name\": scale}", l);
+    if (l.size() > 64) return invalid("loras", "'loras' names more than 64 adapters");
+    for (const auto& [name, v] : l.items()) {
+      if (name.empty() || name.size() > 256 || !is_valid_utf8(name))
+        return invalid("loras", "'loras' keys must be adapter names (1 to 256 bytes of UTF-8)");
+      double s = 0;
+      if ((e = get_number(v, "loras." + name, -100.0, 100.0, s))) return e;
+      r.loras[name] = s;
+    }
+  }
   if (has("strength")) {
     double s = 0;
     if ((e = get_number(j.at("strength"), "strength", 0.0, 1.0, s))) return e;
@@ -518,6 +533,12 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
       if (res.ec == std::errc::result_out_of_range)
         return invalid(f.name, "'" + f.name + "' is out of range, got '" + s.substr(0, 64) + "'");
       j[f.name] = negative ? json(i64) : json(u64);
+    } else if (f.name == "loras") {
+      // A JSON object in a text field.
+      auto parsed = json::parse(f.content, nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_discarded())
+        return invalid(f.name, "'loras' must be a JSON object {\"adapter name\": scale}", "invalid_type");
+      j[f.name] = parsed;
     } else if (kNumbers.count(f.name)) {
       const auto d = parse_double(f.content);
       if (!d)
@@ -555,6 +576,7 @@ GenerationCall to_params(const ImageRequest& r) {
                       : Temperature::pair(r.temperature.at(0), r.temperature.at(1));
   p.masking_schedule = r.masking_schedule;
   p.seed = r.seed;
+  p.lora_scales = r.loras;
   if (edit) {
     call.edit.image = r.image;
     call.edit.width = r.width;

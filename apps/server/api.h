@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -68,6 +69,7 @@ struct ImageRequest {
   double aesthetic_score = 6.0;
   std::pair<int, int> crop_coord{0, 0};
   std::string masking_schedule;    // "" = the model's
+  std::map<std::string, double> loras;  // LoRA scales of this request by adapter name
   std::optional<double> strength;  // edits only; default 0.5 (img2img) or 1.0 (inpaint)
   Image image, mask;
   std::string image_name, mask_name;  // upload file names (PNG metadata), "image"/"mask" if none

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,16 @@
 #include "amused/error.h"
 
 namespace amused {
+
+// A LoRA adapter loaded with the pipeline: diffusers' `pytorch_lora_weights.safetensors` (keys
+// transformer.<module>.lora_A.weight / lora_B.weight, text_encoder.* when present; a folder holding
+// it), or a peft adapter folder (adapter_model.safetensors + adapter_config.json). Files without an
+// alpha (diffusers' saver drops it) use alpha = r, as diffusers' loader does; docs/training.md.
+struct LoraAdapter {
+  std::string path;
+  double scale = 1.0;  // multiplies alpha / r, as diffusers' scale_lora_layers
+  std::string name;    // for per-call scales; default: the file's stem (the folder's name for folders)
+};
 
 struct LoadOptions {
   std::string device = "cpu";      // "cpu", "cuda", "cuda:1"
@@ -41,6 +52,13 @@ struct LoadOptions {
   bool random_weights = false;
   // Tokenizer folder to use instead of the model's `tokenizer/` (e.g. for config-only folders).
   std::string tokenizer_dir;
+  // LoRA adapters, stacked in this order.
+  std::vector<LoraAdapter> loras;
+  // true: merged into the weights at load (W + s (alpha / r) B A in float32, before any 16-bit
+  // cast): no cost per step; set_lora_scale re-merges from the checkpoint's weights (seconds).
+  // false: applied at run time in every Linear they adapt (W x + s (alpha / r) B (A x), A and B in
+  // float32): a few percent per step, and scales can change per call (GenerationParams::lora_scales).
+  bool merge_loras = true;
   // Download progress for hub repo ids: file name, bytes done, bytes total (0 if unknown).
   std::function<void(const std::string&, uint64_t, uint64_t)> download_progress;
 };
@@ -93,6 +111,9 @@ struct GenerationParams {
   std::string masking_schedule;     // "" = the scheduler's config; "cosine" | "linear"
   std::optional<uint64_t> seed;     // random when absent; the seed used is in the result
   ProgressCallback progress;
+  // LoRA scales for this call by adapter name (adapters not named keep theirs). Run-time adapters
+  // (LoadOptions::merge_loras = false) only; for merged ones a different scale is an error.
+  std::map<std::string, double> lora_scales;
 };
 
 struct TextToImageParams : GenerationParams {
@@ -153,6 +174,18 @@ struct ModelSummary {
   int64_t transformer_parameters = 0, vq_parameters = 0, text_encoder_parameters = 0;
 };
 
+// A loaded LoRA adapter.
+struct LoraInfo {
+  std::string name, path;
+  std::string format;      // "diffusers" | "peft"
+  double scale = 1.0;      // the current scale
+  int64_t rank = 0;
+  double alpha = 0;        // as used (see alpha_note)
+  std::string alpha_note;  // where alpha came from
+  int64_t transformer_layers = 0, text_encoder_layers = 0;
+  bool merged = false;
+};
+
 class Pipeline {
  public:
   // `model`: a diffusers folder or a hub repo id ("amused/amused-256").
@@ -166,6 +199,13 @@ class Pipeline {
   GenerationResult inpaint(const InpaintParams& params);
 
   const ModelSummary& summary() const;
+
+  // LoRA adapters (LoadOptions::loras), in load order.
+  std::vector<LoraInfo> loras() const;
+  // A new default scale for adapter `name` (0 disables it: the output equals the model without it).
+  // Run-time adapters: immediate; merged ones: the affected weights are re-merged from the
+  // checkpoint. Not during a call.
+  void set_lora_scale(const std::string& name, double scale);
 
   struct Impl;
   Impl& impl() { return *impl_; }

@@ -31,7 +31,7 @@ namespace amused {
 struct TrainOptions {
   // ---- model, data, output
   std::string model;   // diffusers pipeline folder or hub id (fine-tune), or configs only (pre-train)
-  std::string data;    // image folder (metadata.jsonl or name.txt captions) or .tar shards
+  std::string data;    // image folder (metadata.jsonl or name.txt captions) or .tar shards (or instance_image)
   std::string output;  // run folder: checkpoints, logs, validation images, the final pipeline
   std::string variant;             // weight files to read ("" or "fp16")
   std::string tokenizer_dir;       // tokenizer to use instead of MODEL/tokenizer
@@ -49,6 +49,20 @@ struct TrainOptions {
   double cond_dropout_prob = 0.0;  // open-muse: 0.1 (row-wise, as intended; see docs/training.md)
   double mask_contiguous_region_prob = 0.0;  // open-muse: 0.15
   bool train_text_encoder = false;
+  // ---- one image (train_amused.py --instance_data_image): `data` stays empty; every sample is
+  // this image with `instance_prompt` (default: the file stem), a new random crop (and flip, with
+  // random_flip) each step.
+  std::string instance_image;
+  std::string instance_prompt;
+  // ---- LoRA (train_amused.py --use_lora): only adapters on the `lora_targets` linear layers of the
+  // transformer train (W x + alpha/r * B A x; base weights frozen: no gradients, no optimizer
+  // state); with train_text_encoder, adapters on the text encoder's q/k/v/out projections too.
+  // Checkpoints hold the adapters and their optimizer state; the run ends with
+  // `output`/pytorch_lora_weights.safetensors (diffusers' save_lora_weights layout).
+  bool lora = false;
+  int64_t lora_rank = 16;
+  double lora_alpha = 32;
+  std::vector<std::string> lora_targets{"to_q", "to_k", "to_v"};
   // ---- optimisation
   int64_t max_steps = 1000;        // optimizer steps
   int64_t batch_size = 1;          // per step and per process (train_batch_size)
@@ -107,7 +121,7 @@ struct TrainSummary {
   double final_loss = 0;
   double seconds = 0;
   double peak_rss_mib = 0;
-  std::string output;               // the folder holding the saved pipeline
+  std::string output;               // the folder holding the saved pipeline (or LoRA file)
 };
 
 class Trainer {

@@ -44,20 +44,52 @@ torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias, int64_t chann
 }
 }  // namespace
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+namespace {
+// The LoRA terms of `layer` added to its base output `y` (input `x`). The trainable adapter as
+// peft's lora.Linear: y + lora_B(lora_A(x)) * scaling (dropout 0). Inference adapters in float32:
+// y + scale * (alpha / r) * B (A x), skipped at scale 0 (so scale 0 is the layer without them).
+torch::Tensor add_lora(const LinearImpl& layer, torch::Tensor y, const torch::Tensor& x) {
+  const auto out_dtype = y.scalar_type();
+  if (layer.lora_A) {
+    auto delta = layer.lora_B->forward(layer.lora_A->forward(x)) * layer.lora_scaling;
+    y = y + delta.to(out_dtype);
+  }
+  if (layer.runtime_loras.empty()) return y;
+  torch::Tensor acc;
+  for (const auto& l : layer.runtime_loras) {
+    const double s = *l.scale * l.alpha_over_r;
+    if (s == 0.0) continue;
+    const auto xf = x.to(l.A.scalar_type());
+    // [..., in] -> [..., r] -> [..., out]
+    auto d = torch::nn::functional::linear(torch::nn::functional::linear(xf, l.A), l.B) * s;
+    acc = acc.defined() ? acc + d : d;
+  }
+  if (!acc.defined()) return y;
+  return (y.to(acc.scalar_type()) + acc).to(out_dtype);
+}
+}  // namespace
+
+torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) {
   if (mixed_product(x, weight))
     return add_bias(torch::nn::functional::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type()), bias, -1);
   return nn::linear(x, weight, bias);
 }
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  if (!has_lora()) return base_forward(x);
+  return add_lora(*this, base_forward(x), x);
+}
 torch::Tensor LinearImpl::product_in_weight_dtype(const torch::Tensor& x) {
+  TORCH_CHECK(!has_lora(), "product_in_weight_dtype on a Linear with LoRA adapters");
   return torch::nn::functional::linear(x.to(weight.scalar_type()), weight);
 }
 torch::Tensor LinearImpl::forward_from_weight_dtype(const torch::Tensor& x_low, torch::ScalarType out_dtype) {
-  if (out_dtype == weight.scalar_type()) return nn::linear(x_low, weight, bias);
-  return add_bias(torch::nn::functional::linear(x_low, weight).to(out_dtype), bias, -1);
+  torch::Tensor y = out_dtype == weight.scalar_type()
+                        ? nn::linear(x_low, weight, bias)
+                        : add_bias(torch::nn::functional::linear(x_low, weight).to(out_dtype), bias, -1);
+  return has_lora() ? add_lora(*this, y, x_low) : y;
 }
 torch::Tensor LinearImpl::forward_in_weight_dtype(const torch::Tensor& x) {
-  if (!bias.defined()) return product_in_weight_dtype(x);
+  if (!bias.defined() && !has_lora()) return product_in_weight_dtype(x);
   return forward(x).to(weight.scalar_type());
 }
 void LinearImpl::reset_parameters() { default_init(weight, bias, in_features); }

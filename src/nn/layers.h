@@ -6,11 +6,27 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <vector>
 
 namespace amused::nn {
 
+class LinearImpl;
+
+// One inference-time LoRA adapter of a Linear (nn/lora.h): y += scale * (alpha / r) * B (A x), with
+// A [r, in] and B [out, r] in float32; `scale` is shared by all layers of one adapter file, so a
+// new scale for a request costs one store.
+struct RuntimeLora {
+  torch::Tensor A, B;
+  double alpha_over_r = 1.0;
+  std::shared_ptr<double> scale;
+};
+
 // y = x W^T (+ b). Ref: torch.nn.Linear.
+// With LoRA (nn/lora.h; Ref: peft/tuners/lora/layer.py Linear): a trainable adapter registers
+// `lora_A` (Linear in -> r) and `lora_B` (Linear r -> out) as children, so named_parameters() holds
+// `<path>.lora_A.weight`, the key diffusers' files use, and forward adds lora_B(lora_A(x)) *
+// lora_scaling (autograd sees it); inference adapters (`runtime_loras`, not parameters) add theirs.
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
@@ -28,6 +44,14 @@ class LinearImpl : public torch::nn::Module {
   void reset_parameters();
   int64_t in_features, out_features;
   torch::Tensor weight, bias;  // bias undefined when bias=false
+  // LoRA (see above); empty unless an adapter was added.
+  std::shared_ptr<LinearImpl> lora_A, lora_B;
+  double lora_scaling = 1.0;
+  std::vector<RuntimeLora> runtime_loras;
+  bool has_lora() const { return lora_A != nullptr || !runtime_loras.empty(); }
+
+ private:
+  torch::Tensor base_forward(const torch::Tensor& x);
 };
 TORCH_MODULE(Linear);
 

@@ -71,14 +71,20 @@ namespace {
 // split products too, and dL/db = the column sums of g, as LibTorch's own linear backward does.
 struct SplitLinearFunction : public torch::autograd::Function<SplitLinearFunction> {
   // (LibTorch's custom functions take no undefined tensors: without a bias, the two-input form.)
+  // x is kept only when w trains: a frozen weight (LoRA's base layers) needs just w for dL/dx, so
+  // the input's activation can be freed as soon as nothing else holds it.
+  static void save(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w) {
+    ctx->save_for_backward({w.requires_grad() ? x : torch::Tensor(), w});
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+  }
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& b) {
-    ctx->save_for_backward({x, w});
+    save(ctx, x, w);
     ctx->saved_data["has_bias"] = true;
     return nn::linear(x, w, b);
   }
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w) {
-    ctx->save_for_backward({x, w});
+    save(ctx, x, w);
     ctx->saved_data["has_bias"] = false;
     return nn::linear(x, w);
   }
@@ -90,7 +96,8 @@ struct SplitLinearFunction : public torch::autograd::Function<SplitLinearFunctio
     const int64_t N = w.size(0), K = w.size(1);
     const auto g2 = grad_outputs[0].reshape({-1, N});  // [M, N]
     torch::Tensor grad_x, grad_w, grad_b;
-    if (ctx->needs_input_grad(0)) grad_x = nn::linear(g2, w.t()).view(x.sizes());  // [M, N] x [N, K]
+    if (ctx->needs_input_grad(0))
+      grad_x = nn::linear(g2, w.t()).view(ctx->saved_data["x_sizes"].toIntVector());  // [M, N] x [N, K]
     if (ctx->needs_input_grad(1)) grad_w = nn::linear(g2.t(), x.reshape({-1, K}).t());  // [N, M] x [M, K]
     if (!ctx->saved_data["has_bias"].toBool()) return {grad_x, grad_w};
     if (ctx->needs_input_grad(2)) grad_b = g2.sum(0);

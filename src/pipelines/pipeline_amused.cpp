@@ -333,6 +333,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   co.tokenizer_dir = options.tokenizer_dir;
   impl->adopt(load_components(repo, co));
   log_phase("components loaded", seconds_since(t0));
+  impl->load_loras(options, &repo);
 
   auto& s = impl->summary;
   s.path = repo.root().string();
@@ -459,6 +460,7 @@ GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
   auto& m = *impl_;
   const auto t0 = Clock::now();
   m.validate(params);
+  Impl::LoraScaleScope lora_scales(m, params.lora_scales);
   const int64_t scale = m.vq_scale_factor;
   const int height = params.height.value_or(static_cast<int>(m.sample_size * scale));
   const int width = params.width.value_or(static_cast<int>(m.sample_size * scale));

@@ -19,6 +19,8 @@
 #include "models/clip_text_model.h"
 #include "models/uvit_2d.h"
 #include "models/vq_model.h"
+#include "io/diffusers_repo.h"
+#include "io/lora_file.h"
 #include "pipelines/components.h"
 #include "schedulers/scheduling_amused.h"
 
@@ -119,6 +121,32 @@ struct Pipeline::Impl {
   GenerationResult edit(const ImageToImageParams& params, const Image* mask);
 
   void sync() const;
+
+  // LoRA adapters (pipeline_lora.cpp).
+  struct LoadedLora {
+    LoraInfo info;
+    io::LoraFile file;
+    std::shared_ptr<double> scale;  // shared by the run-time layers
+  };
+  std::vector<LoadedLora> loras;
+  bool loras_merged = false;
+  // The un-merged weights of "transformer" or "text_encoder" (the checkpoint, memory-mapped).
+  std::function<io::StateDict(const std::string& component)> lora_base;
+  // Reads, checks and applies options.loras (after the components are loaded).
+  void load_loras(const LoadOptions& options, const io::DiffusersRepo* repo);
+  void merge_loras();
+  // Per-call scales: set for the call, restored after it.
+  class LoraScaleScope {
+   public:
+    LoraScaleScope(Impl& impl, const std::map<std::string, double>& scales);
+    ~LoraScaleScope();
+    LoraScaleScope(const LoraScaleScope&) = delete;
+    LoraScaleScope& operator=(const LoraScaleScope&) = delete;
+
+   private:
+    std::vector<std::pair<std::shared_ptr<double>, double>> saved_;
+  };
+
   // Takes the components' models (shared, not copied) and fills the summary's model figures.
   void adopt(Components components);
 };

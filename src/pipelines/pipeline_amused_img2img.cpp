@@ -40,6 +40,7 @@ torch::Tensor mask_to_grid(const Image& mask, const Image& image, int64_t h, int
 GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Image* mask) {
   const auto t0 = Clock::now();
   validate(params);
+  LoraScaleScope lora_scales(*this, params.lora_scales);
   if (!(params.strength >= 0.0 && params.strength <= 1.0))
     throw InvalidArgument("strength must be in [0, 1], got " + std::to_string(params.strength));
   const Image image = prepare_input_image(params.image, params.width, params.height);

@@ -678,18 +678,20 @@ class SingleImageDataset : public DatasetBase {
   explicit SingleImageDataset(DatasetOptions options) : DatasetBase(std::move(options)) {
     const fs::path path = options_.instance_image;
     const std::string bytes = read_file_limited(path, kMaxImageFileBytes, "image");
-    const Image image = decode_oriented_rgb(bytes, path.string());
-    const std::string caption =
-        options_.instance_prompt.empty() ? path.stem().string() : options_.instance_prompt;
-    // The crop is drawn once, as train_amused.py processes the image once in the constructor.
-    sample_ =
-        finish(image, caption, path.filename().string(), augment_generator(options_.seed, 0, 0, 0));
+    image_ = decode_oriented_rgb(bytes, path.string());
+    caption_ = options_.instance_prompt.empty() ? path.stem().string() : options_.instance_prompt;
+    // The crop is drawn once, as train_amused.py processes the image once in the constructor
+    // (unless instance_augment asks for one per sample).
+    sample_ = finish(image_, caption_, path.filename().string(), augment_generator(options_.seed, 0, 0, 0));
   }
   int64_t size() const override { return 1; }
   int64_t epoch_length() const override { return 1; }
   Sample next() override {
     ++pos_.index;
-    return sample_;
+    if (!options_.instance_augment) return sample_;
+    // A pure function of (seed, sample count): resuming redraws the same crops.
+    return finish(image_, caption_, fs::path(options_.instance_image).filename().string(),
+                  augment_generator(options_.seed, pos_.epoch, static_cast<uint64_t>(pos_.index), 1));
   }
   DataPosition position() const override { return pos_; }
   void seek(const DataPosition& p) override {
@@ -701,6 +703,8 @@ class SingleImageDataset : public DatasetBase {
   }
 
  private:
+  Image image_;
+  std::string caption_;
   Sample sample_;
   DataPosition pos_;
 };

@@ -68,6 +68,9 @@ struct DatasetOptions {
   // crop) and every sample is that one. `data` must then be empty.
   std::string instance_image;
   std::string instance_prompt;  // its caption; empty: the file stem, as train_amused.py does
+  // Single-image mode: draw a new crop (and flip, with random_flip) for every sample instead of
+  // train_amused.py's one crop (the style recipe of amused train --lora --instance-image).
+  bool instance_augment = false;
   int resolution = 512;
   CropMode crop = CropMode::Random;
   bool random_flip = false;          // the reference never flips

@@ -24,9 +24,12 @@
 #include "core/threads.h"
 #include "io/atomic_file.h"
 #include "io/diffusers_repo.h"
+#include "io/lora_file.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
 #include "nn/execution.h"
+#include "nn/lora.h"
+#include "nn/precision.h"
 #include "pipelines/components.h"
 #include "pipelines/pipeline_amused.h"
 #include "training/checkpoint.h"
@@ -58,7 +61,18 @@ void check_range(const char* flag, double v, double lo, double hi, bool hi_inclu
 
 void validate(const TrainOptions& o) {
   if (o.model.empty()) throw InvalidArgument("no model given (-m: a pipeline folder or hub id, or a folder of configs)");
-  if (o.data.empty()) throw InvalidArgument("no training data given (--data: an image folder or .tar shards)");
+  if (o.data.empty() && o.instance_image.empty())
+    throw InvalidArgument("no training data given (--data: an image folder or .tar shards; or --instance-image)");
+  if (!o.data.empty() && !o.instance_image.empty())
+    throw InvalidArgument("give --data or --instance-image, not both");
+  if (o.lora) {
+    if (o.lora_rank < 1) throw InvalidArgument("--lora-rank must be at least 1, got " + std::to_string(o.lora_rank));
+    if (!(o.lora_alpha > 0 && std::isfinite(o.lora_alpha)))
+      throw InvalidArgument("--lora-alpha must be a positive number, got " + fmt(o.lora_alpha));
+    if (o.lora_targets.empty()) throw InvalidArgument("--lora-targets is empty (e.g. to_q,to_k,to_v)");
+    if (o.use_ema)
+      throw InvalidArgument("--use-ema is not available with --lora (the EMA covers the full transformer weights)");
+  }
   if (o.output.empty() && o.write_outputs) throw InvalidArgument("no output folder given (--output)");
   if (o.resume && !o.write_outputs) throw InvalidArgument("resuming needs the run's outputs (write_outputs)");
   if (o.max_steps < 1) throw InvalidArgument("--max-steps must be at least 1, got " + std::to_string(o.max_steps));
@@ -173,6 +187,7 @@ class TrainerImpl final : public Trainer {
   void restore(const fs::path& checkpoint);
   fs::path write_validation(int64_t step);
   void write_plot();
+  void save_lora(const fs::path& dir);
   torch::Tensor encode_tokens(const Batch& batch, const std::vector<Sample>& samples);
   TextConditioning encode_text(const Batch& batch, const std::vector<Sample>& samples);
 
@@ -263,6 +278,9 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   // ---- data: indexed (not decoded) now, so a bad folder fails before step 1.
   DatasetOptions d;
   d.data = o_.data;
+  d.instance_image = o_.instance_image;
+  d.instance_prompt = o_.instance_prompt;
+  d.instance_augment = true;
   d.resolution = o_.resolution;
   d.crop = o_.center_crop ? CropMode::Center : CropMode::Random;
   d.random_flip = o_.random_flip;
@@ -276,8 +294,9 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   const fs::path out(o_.output);
   uint64_t ckpt = parameter_bytes(*c_.transformer) * (o_.use_ema ? 4 : 3);
   if (o_.train_text_encoder) ckpt += parameter_bytes(*c_.text_encoder) * 3;
-  const uint64_t final_pipeline =
+  uint64_t final_pipeline =
       parameter_bytes(*c_.transformer) + parameter_bytes(*c_.text_encoder) + parameter_bytes(*c_.vqvae);
+  if (o_.lora) ckpt = final_pipeline = 64ull << 20;  // adapters only (r 16 on amused-256: ~10 MB)
   if (o_.write_outputs) {
     check_output_dir(out, 2 * ckpt + final_pipeline);
     checkpoints_ = std::make_unique<CheckpointManager>(out, o_.checkpoints_total_limit);
@@ -296,6 +315,48 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   c_.vqvae->eval();
   for (auto& p : c_.vqvae->parameters()) p.set_requires_grad(false);
   trainable_ = Trainable();
+  if (o_.lora) {
+    // train_amused.py --use_lora: peft adapters, base weights frozen (no gradients, no optimizer
+    // state); A drawn from the global generator seeded above, B = 0 (peft's init).
+    nn::LoraConfig lc;
+    lc.rank = o_.lora_rank;
+    lc.alpha = o_.lora_alpha;
+    lc.target_modules = o_.lora_targets;
+    if (o_.mixed_precision != "no") {
+      // Under autocast the frozen base weights are only read as 16-bit operands of the products
+      // (autocast rounds the float32 weight to bfloat16/float16 in every forward): storing the
+      // Linear/Conv weights in 16 bits once gives the same operands at half their memory. Norms,
+      // biases, embeddings and the float32-kept heads stay float32; the adapters are float32.
+      const auto low = o_.mixed_precision == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+      for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(c_.transformer.get()),
+                                   static_cast<torch::nn::Module*>(c_.text_encoder.get())}) {
+        auto plan = nn::mixed_precision_plan(*m, low);
+        for (const auto& item : m->named_modules("", false))
+          if (item.value()->as<nn::EmbeddingImpl>()) plan.erase(item.key() + ".weight");
+        io::LoadOptions lo;
+        lo.dtype_for = [plan](const std::string& key, const torch::Tensor&) -> std::optional<torch::ScalarType> {
+          auto it = plan.find(key);
+          if (it == plan.end()) return std::nullopt;
+          return it->second;
+        };
+        io::convert_parameters(*m, lo);
+      }
+    }
+    const auto layers = nn::add_lora_adapters(*c_.transformer, lc, "transformer");
+    nn::freeze_all_but_lora(*c_.transformer);
+    int64_t n = 0;
+    for (const auto& [k, t] : nn::lora_parameters(*c_.transformer)) n += t.numel();
+    if (o_.train_text_encoder) {
+      lc.target_modules = {"q_proj", "k_proj", "v_proj", "out_proj"};  // text_encoder_lora_config
+      nn::add_lora_adapters(*c_.text_encoder, lc, "text encoder");
+      nn::freeze_all_but_lora(*c_.text_encoder);
+      for (const auto& [k, t] : nn::lora_parameters(*c_.text_encoder)) n += t.numel();
+    }
+    log::info("LoRA: rank " + std::to_string(o_.lora_rank) + ", alpha " + fmt(o_.lora_alpha) + " (scale " +
+              fmt(o_.lora_alpha / static_cast<double>(o_.lora_rank)) + ") on " + std::to_string(layers.size()) +
+              " transformer layers" + (o_.train_text_encoder ? " and the text encoder's attention" : "") + ": " +
+              std::to_string(n) + " trainable parameters");
+  }
   trainable_->register_module("transformer", c_.transformer.ptr());
   c_.transformer->train();
   c_.transformer->gradient_checkpointing = o_.gradient_checkpointing;
@@ -392,15 +453,19 @@ TextConditioning TrainerImpl::encode_text(const Batch& batch, const std::vector<
 void TrainerImpl::write_checkpoint(int64_t step, double elapsed_seconds) {
   const auto t0 = Clock::now();
   const fs::path dir = checkpoints_->save(step, [&](const fs::path& d) {
-    fs::create_directories(d / "transformer");
-    io::write_file_atomic(d / "transformer" / "config.json",
-                          transformer_config_file(c_.transformer->config()).dump(2) + "\n");
-    save_weights(*c_.transformer, d / "transformer", "diffusion_pytorch_model");
-    if (o_.train_text_encoder) {
-      fs::create_directories(d / "text_encoder");
-      io::write_file_atomic(d / "text_encoder" / "config.json",
-                            text_encoder_config_file(c_.text_encoder->config(), torch::kFloat32).dump(2) + "\n");
-      save_weights(*c_.text_encoder, d / "text_encoder", "model");
+    if (o_.lora) {
+      save_lora(d);
+    } else {
+      fs::create_directories(d / "transformer");
+      io::write_file_atomic(d / "transformer" / "config.json",
+                            transformer_config_file(c_.transformer->config()).dump(2) + "\n");
+      save_weights(*c_.transformer, d / "transformer", "diffusion_pytorch_model");
+      if (o_.train_text_encoder) {
+        fs::create_directories(d / "text_encoder");
+        io::write_file_atomic(d / "text_encoder" / "config.json",
+                              text_encoder_config_file(c_.text_encoder->config(), torch::kFloat32).dump(2) + "\n");
+        save_weights(*c_.text_encoder, d / "text_encoder", "model");
+      }
     }
     io::save_safetensors(d / "optimizer.safetensors", adamw_state(*optimizer_, trainable_named(*trainable_)),
                          {{"format", "amused-adamw/1"}});
@@ -427,10 +492,46 @@ void TrainerImpl::write_checkpoint(int64_t step, double elapsed_seconds) {
   log::info("checkpoint " + dir.string() + " written in " + fmt(std::round(seconds_since(t0) * 100) / 100) + " s");
 }
 
+// diffusers' save_lora_weights layout; alpha and rank go into the metadata too (diffusers ignores
+// them and loads with scale 1: docs/training.md).
+void TrainerImpl::save_lora(const fs::path& dir) {
+  io::LoraSaveInfo info;
+  info.rank = o_.lora_rank;
+  info.alpha = o_.lora_alpha;
+  std::map<std::string, torch::Tensor> te;
+  if (o_.train_text_encoder) {
+    te = nn::lora_parameters(*c_.text_encoder);
+    info.text_encoder_rank = o_.lora_rank;
+    info.text_encoder_alpha = o_.lora_alpha;
+  }
+  io::save_lora_file(dir, nn::lora_parameters(*c_.transformer), te, info);
+}
+
 void TrainerImpl::restore(const fs::path& ckpt) {
   const auto state = read_json_file(ckpt / kTrainerStateFile);
   step_ = state.at("step").get<int64_t>();
-  {
+  if (o_.lora) {
+    const fs::path f = ckpt / io::kLoraWeightsFile;
+    if (!fs::is_regular_file(f))
+      throw CheckpointError("checkpoint '" + ckpt.string() + "' has no " + io::kLoraWeightsFile +
+                            ": it was written without --lora");
+    auto file = io::load_safetensors(f);
+    torch::NoGradGuard no_grad;
+    auto fill = [&](const torch::nn::Module& m, const std::string& prefix) {
+      for (auto& [k, p] : nn::lora_parameters(m)) {
+        auto it = file.find(prefix + k);
+        if (it == file.end())
+          throw CheckpointError("checkpoint '" + f.string() + "' has no '" + prefix + k +
+                                "' (was it written with other --lora-rank / --lora-targets / --train-text-encoder?)");
+        if (it->second.sizes() != p.sizes())
+          throw CheckpointError("checkpoint '" + f.string() + "': '" + prefix + k +
+                                "' has another shape than this run's adapter (other --lora-rank?)");
+        p.copy_(it->second);
+      }
+    };
+    fill(*c_.transformer, "transformer.");
+    if (o_.train_text_encoder) fill(*c_.text_encoder, "text_encoder.");
+  } else {
     io::LoadOptions lo;
     lo.dtype = torch::kFloat32;
     lo.device = device_;
@@ -694,9 +795,14 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
     if (ema_) ema_->copy_to(*c_.transformer);
     c_.transformer->eval();
     c_.text_encoder->eval();
-    save_pretrained(c_, out);
+    if (o_.lora) {
+      save_lora(out);
+      log::info("saved the LoRA to '" + (out / io::kLoraWeightsFile).string() + "' (load it with amused generate --lora)");
+    } else {
+      save_pretrained(c_, out);
+      log::info("saved the trained pipeline to '" + out.string() + "'");
+    }
     write_plot();
-    log::info("saved the trained pipeline to '" + out.string() + "'");
   }
   s.seconds = seconds_since(t_start);
   s.peak_rss_mib = peak_rss_mib();

@@ -551,3 +551,16 @@ TEST(ServerApi, MutatedBodiesNeverThrow) {
       EXPECT_NO_THROW(amused::server::parse_json_request(body, ep, limits())) << body;
   }
 }
+
+namespace {
+TEST(ServerApi, LoraScalesPerRequest) {
+  const ImageRequest r = gen_ok(R"({"prompt": "p", "loras": {"mushroom": 0.8, "ink": 0}})");
+  EXPECT_EQ(r.loras, (std::map<std::string, double>{{"mushroom", 0.8}, {"ink", 0.0}}));
+  const auto call = amused::server::to_params(r);
+  EXPECT_EQ(call.t2i.lora_scales, r.loras);
+  EXPECT_EQ(gen_err(R"({"prompt": "p", "loras": [1]})").code, "invalid_type");
+  EXPECT_EQ(gen_err(R"({"prompt": "p", "loras": {"a": "x"}})").code, "invalid_type");
+  EXPECT_EQ(gen_err(R"({"prompt": "p", "loras": {"a": 1000}})").code, "invalid_value");
+  EXPECT_EQ(gen_err(R"({"prompt": "p", "loras": {"": 1}})").param, "loras");
+}
+}  // namespace
