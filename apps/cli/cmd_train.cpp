@@ -19,7 +19,9 @@ namespace {
 
 using amused::cli::apply_config_file;
 using amused::cli::duration;
+using amused::cli::exit_code_after_signal;
 using amused::cli::g_stop_signal;
+using amused::cli::keep_going_after_signal;
 
 int run(CLI::App& sub, const amused::TrainOptions& options, bool quiet) {
   auto trainer = amused::Trainer::create(options);
@@ -40,19 +42,10 @@ int run(CLI::App& sub, const amused::TrainOptions& options, bool quiet) {
                    duration(p.elapsed_seconds).c_str(), duration(p.eta_seconds).c_str(), tty ? "" : "\n");
       std::fflush(stderr);
     }
-    if (g_stop_signal != 0) {
-      std::fprintf(stderr, "\nstopping: writing a checkpoint at step %lld (resume with --resume)\n",
-                   static_cast<long long>(p.step));
-      return false;
-    }
-    return true;
+    return keep_going_after_signal(p.step);
   });
   if (tty && !quiet) std::fprintf(stderr, "\n");
-  if (g_stop_signal != 0) {
-    std::fprintf(stderr, "stopped at step %lld; the checkpoint is in %s\n", static_cast<long long>(summary.steps),
-                 o.output.c_str());
-    return 128 + g_stop_signal;
-  }
+  if (const int code = exit_code_after_signal(summary.steps, o.output); code != 0) return code;
   std::printf("trained %lld steps%s in %s (peak RSS %.0f MiB), final loss %.4f; %s saved to %s\n",
               static_cast<long long>(summary.steps),
               summary.resumed_from > 0 ? (" (resumed at " + std::to_string(summary.resumed_from) + ")").c_str() : "",

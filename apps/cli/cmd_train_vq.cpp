@@ -15,7 +15,9 @@
 namespace {
 
 using amused::cli::duration;
+using amused::cli::exit_code_after_signal;
 using amused::cli::g_stop_signal;
+using amused::cli::keep_going_after_signal;
 
 void print_validation(const amused::VQValidation& v, int64_t step) {
   std::fprintf(stderr, "validation at step %lld: PSNR %.2f dB  L1 %.4f  codes used %lld/%lld (%.1f%%)  perplexity %.1f  (%lld images)%s%s\n",
@@ -52,19 +54,10 @@ int run(CLI::App& sub, const amused::VQTrainOptions& options, bool quiet) {
       }
       std::fflush(stderr);
     }
-    if (g_stop_signal != 0) {
-      std::fprintf(stderr, "\nstopping: writing a checkpoint at step %lld (resume with --resume)\n",
-                   static_cast<long long>(p.step));
-      return false;
-    }
-    return true;
+    return keep_going_after_signal(p.step);
   });
   if (tty && !quiet) std::fprintf(stderr, "\n");
-  if (g_stop_signal != 0) {
-    std::fprintf(stderr, "stopped at step %lld; the checkpoint is in %s\n", static_cast<long long>(summary.steps),
-                 o.output.c_str());
-    return 128 + g_stop_signal;
-  }
+  if (const int code = exit_code_after_signal(summary.steps, o.output); code != 0) return code;
   const auto& v = summary.validation;
   std::printf("trained %lld steps%s in %s (peak RSS %.0f MiB), final loss %.4f; validation PSNR %.2f dB, "
               "%lld codes used (%.1f%%), perplexity %.1f; VQ-GAN saved to %s\n",

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -24,6 +25,22 @@ extern "C" inline void on_stop_signal(int sig) {
 inline void install_stop_handlers() {
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
+}
+
+// In a progress callback: false (stop, which writes a checkpoint) once a stop signal came.
+inline bool keep_going_after_signal(int64_t step) {
+  if (g_stop_signal == 0) return true;
+  std::fprintf(stderr, "\nstopping: writing a checkpoint at step %lld (resume with --resume)\n",
+               static_cast<long long>(step));
+  return false;
+}
+// After the run: the exit code of a run a signal stopped (128 + signal), with where its checkpoint
+// is; 0 when no signal came.
+inline int exit_code_after_signal(int64_t steps, const std::string& output) {
+  if (g_stop_signal == 0) return 0;
+  std::fprintf(stderr, "stopped at step %lld; the checkpoint is in %s\n", static_cast<long long>(steps),
+               output.c_str());
+  return 128 + g_stop_signal;
 }
 
 // 52 -> "52s", 381 -> "6m21s", 7380 -> "2h03m"; negative or NaN -> "?".

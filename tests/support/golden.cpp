@@ -3,6 +3,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <thread>
+#include <chrono>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -197,6 +200,31 @@ CliResult run_cli(const std::string& args) {
   r.out = slurp(tmp / "out");
   r.err = slurp(tmp / "err");
   return r;
+}
+
+bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
+                            const std::function<bool()>& finished) {
+  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args + " >/dev/null 2>&1";
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  bool killed_mid_run = false;
+  for (int i = 0; i < 20000; ++i) {
+    if (kill_when()) {
+      killed_mid_run = !finished();
+      kill(pid, SIGKILL);
+      break;
+    }
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return false;  // it ended by itself
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return killed_mid_run;
 }
 
 }  // namespace amused::testing

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -73,6 +74,12 @@ struct CliResult {
   std::string err;
 };
 CliResult run_cli(const std::string& args);
+
+// Starts the CLI with `args` (output discarded) and kills it with SIGKILL as soon as `kill_when()`
+// holds, polling every few milliseconds (for at most a minute). Returns true when it was killed
+// mid-run: `kill_when()` held and `finished()` (e.g. "the final output exists") did not yet.
+bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
+                            const std::function<bool()>& finished);
 
 }  // namespace amused::testing
 

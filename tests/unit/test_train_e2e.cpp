@@ -4,14 +4,12 @@
 // the result) and fine-tuning the tiny golden pipeline (its output laid out as diffusers writes it).
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <thread>
 
 #include "amused/image_io.h"
 #include "core/config.h"
@@ -126,26 +124,10 @@ TEST(TrainE2E, KilledRunResumesToTheSameLossesAndWeights) {
   ASSERT_EQ(full.exit_code, 0) << full.err;
   // The same run, killed with SIGKILL once its first checkpoint exists, then resumed.
   const fs::path out = tmp / "killed";
-  const std::string cmd = std::string(AMUSED_CLI_PATH) + " " + train_args(model, tmp / "data", out, steps);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  bool killed_mid_run = false;
-  for (int i = 0; i < 6000; ++i) {
-    if (fs::exists(out / "checkpoint-10" / "trainer_state.json")) {
-      killed_mid_run = !fs::exists(out / "model_index.json");
-      kill(pid, SIGKILL);
-      break;
-    }
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const bool killed_mid_run = gt::run_cli_killed_mid_run(
+      train_args(model, tmp / "data", out, steps),
+      [&] { return fs::exists(out / "checkpoint-10" / "trainer_state.json"); },
+      [&] { return fs::exists(out / "model_index.json"); });
   ASSERT_TRUE(killed_mid_run) << "the run ended before it could be killed";
   auto resumed = gt::run_cli(train_args(model, tmp / "data", out, steps) + " --resume");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;

@@ -5,14 +5,12 @@
 // before step 1 naming the flag or file.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <thread>
 
 #include "amused/image_io.h"
 #include "core/config.h"
@@ -121,26 +119,10 @@ TEST(TrainVqE2E, KilledRunResumesToTheSameLossesAndWeights) {
   auto full = gt::run_cli(args(tmp / "data", tmp / "full", steps) + extra);
   ASSERT_EQ(full.exit_code, 0) << full.err;
   const fs::path out = tmp / "killed";
-  const std::string cmd = std::string(AMUSED_CLI_PATH) + " " + args(tmp / "data", out, steps) + extra;
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  bool killed_mid_run = false;
-  for (int i = 0; i < 6000; ++i) {
-    if (fs::exists(out / "checkpoint-10" / "trainer_state.json")) {
-      killed_mid_run = !fs::exists(out / "config.json");
-      kill(pid, SIGKILL);
-      break;
-    }
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const bool killed_mid_run = gt::run_cli_killed_mid_run(
+      args(tmp / "data", out, steps) + extra,
+      [&] { return fs::exists(out / "checkpoint-10" / "trainer_state.json"); },
+      [&] { return fs::exists(out / "config.json"); });
   ASSERT_TRUE(killed_mid_run) << "the run ended before it could be killed";
   auto resumed = gt::run_cli(args(tmp / "data", out, steps) + extra + " --resume");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
