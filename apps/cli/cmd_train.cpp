@@ -73,6 +73,10 @@ amused::cli::Registrar reg(
       sub.add_flag("--center-crop", o->center_crop, "Centre crop instead of random crops");
       sub.add_flag("--random-flip", o->random_flip, "Random horizontal flips");
       sub.add_option("--caption-prefix", o->caption_prefix, "Text prepended to every caption");
+      sub.add_option("--caption-key", o->caption_key,
+                     "metadata.jsonl key of the caption: a string, or a list drawn from each epoch")
+          ->capture_default_str();
+      sub.add_option("--split", o->split, "Train on this metadata.jsonl split only (e.g. train; \"\": all)");
       sub.add_option("--on-bad-sample", o->on_bad_sample, "fail | skip (an unreadable image or missing caption)")
           ->capture_default_str();
       sub.add_flag("--pre-encode", o->pre_encode, "Cache VQ tokens and text states (needs --center-crop)");

@@ -41,6 +41,13 @@ struct TrainOptions {
   bool center_crop = false;        // else a random crop, as train_amused.py
   bool random_flip = false;        // horizontal flip with probability 0.5
   std::string caption_prefix;      // prepended to every caption (train_amused.py --prompt_prefix)
+  // metadata.jsonl key of the caption (train_amused.py --prompt_key). Its value is a string, or a
+  // list of strings of which one is drawn for each image each epoch (e.g. "captions" in
+  // `amused dataset emoji` folders: the name, with keywords, with the group).
+  std::string caption_key = "text";
+  // Image folders: "" trains on every image; "train" (or "validation") on the metadata.jsonl rows
+  // whose "split" is that (rows without one count as "train").
+  std::string split;
   std::string on_bad_sample = "fail";  // "fail" | "skip": an unreadable image or missing caption
   bool pre_encode = false;         // cache every sample's VQ tokens and text states once
   // ---- objective

@@ -110,12 +110,15 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
   c.tokenizer_dir = options.tokenizer_dir.empty() ? repo.component_dir("tokenizer") : options.tokenizer_dir;
   c.tokenizer = ClipTokenizer::from_folder(c.tokenizer_dir);
   // What error messages name for a component's weights, and its weights into `model`.
+  auto random = [&](const std::string& name) {
+    return options.random_weights || options.random_components.count(name) > 0;
+  };
   auto source = [&](const std::string& name) {
-    return options.random_weights ? std::string() : weights_source(repo.weight_files(name), repo.component_dir(name));
+    return random(name) ? std::string() : weights_source(repo.weight_files(name), repo.component_dir(name));
   };
   auto load = [&](auto& model, const std::string& name, const std::function<void()>& init) {
     fill(model, [&] { return repo.component_weights(name); }, source(name),
-         precision_load_options(*model, options.precision, options.device), options.random_weights, init);
+         precision_load_options(*model, options.precision, options.device), random(name), init);
   };
   c.text_encoder = models::CLIPTextModelWithProjection(models::CLIPTextConfig::from_json(
       repo.component_config("text_encoder"), config_source("text_encoder", "config.json")));
@@ -130,7 +133,7 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
     const io::LoadOptions vq_lo = precision_load_options(*vq, options.precision, options.device, /*is_vqvae=*/true);
     if (!options.defer_vq_encoder) {
       fill(vq, [&] { return repo.component_weights("vqvae"); }, source("vqvae"), vq_lo,
-           options.random_weights, [&] { vq->init_weights(); });
+           random("vqvae"), [&] { vq->init_weights(); });
     } else {
       // The encode path is checked now but loaded on the first edit.
       io::LoadOptions decoder_lo = vq_lo;
@@ -138,7 +141,7 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
       io::LoadOptions encoder_lo = vq_lo;  // for the deferred part: only the encode path's keys
       encoder_lo.defer = [](const std::string& key) { return !models::VQModelImpl::is_encoder_key(key); };
       encoder_lo.partial = true;
-      if (options.random_weights) {
+      if (random("vqvae")) {
         fill(vq, {}, "", decoder_lo, true, [&] { vq->init_decoder_weights(); });
         c.load_vq_encoder = [vq, encoder_lo]() mutable {
           io::convert_parameters(*vq, encoder_lo);
@@ -207,7 +210,7 @@ void check_variant(const SaveOptions& options) {
 // The tensors written for `module`: float32 (or float16 for the fp16 variant), whatever precision
 // the module runs in.
 io::StateDict weights_to_save(const torch::nn::Module& module, const SaveOptions& options) {
-  const auto dtype = options.variant == "fp16" ? torch::kFloat16 : torch::kFloat32;
+  const auto dtype = options.half() ? torch::kFloat16 : torch::kFloat32;
   io::StateDict out;
   for (const auto& [key, t] : io::module_state_dict(module)) {
     auto v = t.detach();
@@ -270,7 +273,7 @@ void save_pretrained(const Components& c, const fs::path& folder, const SaveOpti
     const fs::path from = c.tokenizer_dir / name;
     if (fs::is_regular_file(from)) files.emplace_back(folder / "tokenizer" / name, copy_writer(from));
   }
-  const auto te_dtype = options.variant == "fp16" ? torch::kFloat16 : torch::kFloat32;
+  const auto te_dtype = options.half() ? torch::kFloat16 : torch::kFloat32;
   files.emplace_back(folder / "text_encoder" / "config.json",
                      text_writer(dump(text_encoder_config_file(c.text_encoder->config(), te_dtype))));
   files.emplace_back(folder / "text_encoder" / weight_file_name(weights_base("text_encoder"), options),

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "amused/tokenizer.h"
@@ -42,6 +43,9 @@ struct ComponentOptions {
   // Build the models from their configs with random weights instead of reading weight files
   // (benchmarks without checkpoints; pre-training from scratch).
   bool random_weights = false;
+  // Components ("text_encoder", "transformer", "vqvae") that start from random weights even when
+  // `random_weights` is false: pre-training a transformer (and text encoder) on a trained VQ-GAN.
+  std::set<std::string> random_components;
   // Check the VQ encoder's weights but load them only when `load_vq_encoder` is first called (text
   // to image never needs them: 112 MiB of bfloat16 for amused-256).
   bool defer_vq_encoder = false;
@@ -86,6 +90,10 @@ struct SaveOptions {
   // "fp16" writes float16 ones named `<base>.fp16.safetensors`, as diffusers'
   // save_pretrained(variant="fp16") after .to(torch.float16).
   std::string variant;
+  // float16 tensors under the plain names (a 16-bit model diffusers loads without a variant);
+  // implied by variant "fp16".
+  bool float16 = false;
+  bool half() const { return float16 || variant == "fp16"; }
 };
 
 // The config.json diffusers / transformers write for each model (sorted keys, their metadata keys).

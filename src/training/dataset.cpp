@@ -51,7 +51,7 @@ uint64_t mix(std::initializer_list<uint64_t> parts) {
 }
 
 // Which random stream a seed is for.
-enum Stream : uint64_t { kOrder = 1, kAugment = 2, kShardOrder = 3, kBuffer = 4 };
+enum Stream : uint64_t { kOrder = 1, kAugment = 2, kShardOrder = 3, kBuffer = 4, kCaption = 5 };
 
 class Rng {
  public:
@@ -164,6 +164,7 @@ struct FolderEntry {
   fs::path image;
   std::string rel;                     // relative path, for messages and ids
   std::optional<std::string> caption;  // known from metadata.jsonl or the file stem
+  std::vector<std::string> caption_choices;  // a list in metadata.jsonl: one drawn per epoch
   fs::path caption_file;               // else read from here
   std::optional<std::string> split;    // metadata.jsonl "split"
 };
@@ -237,7 +238,12 @@ class FolderDataset : public DatasetBase {
     const std::string bytes = read_file_limited(e.image, kMaxImageFileBytes, "image");
     const Image image = decode_oriented_rgb(bytes, e.image.string());
     std::string caption;
-    if (e.caption) {
+    if (!e.caption_choices.empty()) {
+      // Several captions for one image: one of them, drawn anew each epoch (and the same again
+      // after a resume: the draw depends only on the seed, the epoch and the image).
+      Rng rng(mix({options_.seed, kCaption, static_cast<uint64_t>(epoch), static_cast<uint64_t>(k)}));
+      caption = e.caption_choices[static_cast<size_t>(rng.below(e.caption_choices.size()))];
+    } else if (e.caption) {
       caption = *e.caption;
     } else {
       std::error_code ec;
@@ -312,9 +318,20 @@ std::vector<FolderEntry> index_metadata(const fs::path& root, const DatasetOptio
     if (no_caption && o.require_captions)
       throw IoError(where() + " has no \"" + o.caption_key +
                     "\" (the caption; caption_key names another key)");
-    if (!no_caption && !cap->is_string())
-      throw IoError(where() + ": \"" + o.caption_key + "\" must be a string, got " +
+    std::vector<std::string> choices;
+    if (!no_caption && cap->is_array()) {
+      for (const auto& c : *cap) {
+        if (!c.is_string())
+          throw IoError(where() + ": \"" + o.caption_key + "\" must be a string or a list of strings, got a list holding " +
+                        std::string(c.type_name()));
+        choices.push_back(c.get<std::string>());
+      }
+      if (choices.empty())
+        throw IoError(where() + ": \"" + o.caption_key + "\" is an empty list (give at least one caption)");
+    } else if (!no_caption && !cap->is_string()) {
+      throw IoError(where() + ": \"" + o.caption_key + "\" must be a string or a list of strings, got " +
                     std::string(cap->type_name()));
+    }
     const std::string name = fn->get<std::string>();
     const fs::path rel = fs::path(name);
     if (!stays_inside(rel))
@@ -323,7 +340,14 @@ std::vector<FolderEntry> index_metadata(const fs::path& root, const DatasetOptio
     FolderEntry e;
     e.rel = rel.lexically_normal().generic_string();
     e.image = root / rel.lexically_normal();
-    e.caption = no_caption ? std::string() : cap->get<std::string>();
+    if (choices.size() == 1) {
+      e.caption = choices[0];
+    } else if (!choices.empty()) {
+      e.caption = choices[0];
+      e.caption_choices = std::move(choices);
+    } else {
+      e.caption = no_caption ? std::string() : cap->get<std::string>();
+    }
     if (const auto sp = j.find("split"); sp != j.end() && !sp->is_null()) {
       if (!sp->is_string())
         throw IoError(where() + ": \"split\" must be a string (\"train\" or \"validation\"), got " +

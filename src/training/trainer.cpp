@@ -205,7 +205,8 @@ class TrainerImpl final : public Trainer {
   at::Generator mask_gen_;
   std::unique_ptr<PythonRandom> py_random_;
   TextConditioning empty_;
-  std::map<std::string, Encoded> cache_;
+  std::map<std::string, Encoded> cache_;       // VQ tokens by sample id (pre_encode)
+  std::map<std::string, Encoded> text_cache_;  // text states by caption (pre_encode, frozen text encoder)
   // Run state (saved in checkpoints).
   int64_t step_ = 0;
   double loss_smoothed_ = 0, loss_weight_sum_ = 0;
@@ -228,35 +229,44 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   ro.offline = o_.offline;
   ro.variant = o_.variant;
   io::DiffusersRepo repo = io::DiffusersRepo::open(o_.model, ro);
-  int with_weights = 0;
-  std::vector<std::string> without;
-  for (const char* name : {"text_encoder", "transformer", "vqvae"}) {
-    if (has_weights(repo, name))
-      ++with_weights;
-    else
-      without.emplace_back(name);
-  }
-  if (with_weights != 0 && with_weights != 3) {
+  // With transformer weights: fine-tuning, and every component must have weights. Without them:
+  // pre-training, where the transformer (and a text encoder without weights) start from random
+  // weights and a VQ-GAN with weights (e.g. from `amused train-vq`) is used as it is, as MUSE
+  // pre-trains on a VQ-GAN trained first.
+  std::vector<std::string> with, without;
+  for (const char* name : {"text_encoder", "transformer", "vqvae"})
+    (has_weights(repo, name) ? with : without).emplace_back(name);
+  auto join = [](const std::vector<std::string>& names) {
     std::string list;
-    for (const auto& n : without) list += (list.empty() ? "" : ", ") + n;
-    throw CheckpointError("'" + repo.root().string() + "' has weights for some components but not for " + list +
-                          ": give a complete pipeline (fine-tuning) or configs only (pre-training from scratch)");
-  }
-  pretraining_ = with_weights == 0;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    return list;
+  };
+  pretraining_ = !has_weights(repo, "transformer");
+  if (!pretraining_ && !without.empty())
+    throw CheckpointError("'" + repo.root().string() + "' has weights for some components but not for " +
+                          join(without) +
+                          ": give a complete pipeline (fine-tuning) or one without transformer weights "
+                          "(pre-training from scratch)");
   torch::manual_seed(o_.seed);  // random initialisation when pre-training
   ComponentOptions co;
   co.device = device_;
   co.precision = Precision::kFloat32;  // float32 master weights; autocast does the 16-bit forward
-  co.random_weights = pretraining_;
+  co.random_components = {without.begin(), without.end()};
   co.tokenizer_dir = o_.tokenizer_dir;
   if (co.tokenizer_dir.empty() && !fs::is_regular_file(repo.root() / "tokenizer" / "vocab.json"))
     throw ConfigError("'" + (repo.root() / "tokenizer").string() +
                       "' has no vocab.json: give a tokenizer folder with --tokenizer");
   c_ = load_components(repo, co);
-  if (pretraining_)
-    log::info("pre-training from scratch: '" + repo.root().string() +
-              "' has configs and no weights, so every component starts from random weights (seed " +
-              std::to_string(o_.seed) + ")");
+  if (pretraining_) {
+    log::info("pre-training from scratch: " + join(without) + " start from random weights (seed " +
+              std::to_string(o_.seed) + ")" + (with.empty() ? "" : "; " + join(with) + " loaded from '" +
+              repo.root().string() + "'"));
+    if (std::count(without.begin(), without.end(), "vqvae"))
+      log::warn("the VQ-GAN has random weights: its tokens carry little of the image (train one first with "
+                "amused train-vq and put it in '" + (repo.root() / "vqvae").string() + "')");
+    if (std::count(without.begin(), without.end(), "text_encoder") && !o_.train_text_encoder)
+      log::warn("the text encoder has random weights and stays frozen (add --train-text-encoder to train it)");
+  }
 
   const auto& tcfg = c_.transformer->config();
   const int64_t scale = c_.vqvae->config().scale_factor();
@@ -285,6 +295,8 @@ TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   d.crop = o_.center_crop ? CropMode::Center : CropMode::Random;
   d.random_flip = o_.random_flip;
   d.caption_prefix = o_.caption_prefix;
+  d.caption_key = o_.caption_key;
+  d.split = o_.split;
   d.on_bad_sample = parse_bad_sample_policy(o_.on_bad_sample);
   d.seed = o_.seed;
   data_ = ImageCaptionDataset::open(d);
@@ -425,25 +437,25 @@ TextConditioning TrainerImpl::encode_text(const Batch& batch, const std::vector<
     return t;
   }
   if (!o_.pre_encode) return encode_captions(*c_.tokenizer, c_.text_encoder, batch.captions);
+  // Keyed by the caption: an image with several captions (a list in metadata.jsonl) gets another
+  // one each epoch.
   std::vector<std::string> todo;
   for (const auto& s : samples)
-    if (!cache_[s.id].encoder_hidden_states.defined()) todo.push_back(s.caption);
+    if (!text_cache_.count(s.caption) && std::find(todo.begin(), todo.end(), s.caption) == todo.end())
+      todo.push_back(s.caption);
   if (!todo.empty()) {
     auto t = encode_captions(*c_.tokenizer, c_.text_encoder, todo);
-    size_t k = 0;
-    for (const auto& s : samples) {
-      auto& e = cache_[s.id];
-      if (e.encoder_hidden_states.defined()) continue;
+    for (size_t k = 0; k < todo.size(); ++k) {
+      auto& e = text_cache_[todo[k]];
       e.encoder_hidden_states = t.encoder_hidden_states[static_cast<int64_t>(k)];
       e.cond_embeds = t.cond_embeds[static_cast<int64_t>(k)];
-      ++k;
     }
   }
   TextConditioning t;
   std::vector<torch::Tensor> ehs, pooled;
   for (const auto& s : samples) {
-    ehs.push_back(cache_.at(s.id).encoder_hidden_states);
-    pooled.push_back(cache_.at(s.id).cond_embeds);
+    ehs.push_back(text_cache_.at(s.caption).encoder_hidden_states);
+    pooled.push_back(text_cache_.at(s.caption).cond_embeds);
   }
   t.encoder_hidden_states = torch::stack(ehs);
   t.cond_embeds = torch::stack(pooled);
