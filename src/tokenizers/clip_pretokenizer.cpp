@@ -8,6 +8,30 @@
 #include <memory>
 
 namespace amused::tokenizers {
+
+namespace {
+bool byte_is_printable(int b) { return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); }
+}  // namespace
+
+const std::array<std::string, 256>& byte_encoder() {
+  static const auto enc = [] {
+    std::array<std::string, 256> e;
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) append_utf8(e[b], byte_is_printable(b) ? static_cast<char32_t>(b) : next++);
+    return e;
+  }();
+  return enc;
+}
+
+std::array<unsigned char, 256> byte_vocab_order() {
+  std::array<unsigned char, 256> order{};
+  size_t k = 0;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int b = 0; b < 256; ++b)
+      if (byte_is_printable(b) == (pass == 0)) order[k++] = static_cast<unsigned char>(b);
+  return order;
+}
+
 namespace {
 
 utf8proc_category_t category(char32_t cp) {

@@ -7,6 +7,7 @@
 //      transformers/tokenization_utils.py (_is_whitespace, _is_control)
 #pragma once
 
+#include <array>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,6 +18,13 @@ namespace amused::tokenizers {
 std::u32string decode_utf8(std::string_view bytes);
 void append_utf8(std::string& out, char32_t cp);
 std::string encode_utf8(std::u32string_view text);
+
+// bytes_to_unicode(): each byte's BPE symbol (UTF-8). Printable Latin-1 bytes map to themselves,
+// the other 68 bytes to U+0100.. in order, so that no BPE symbol is whitespace or a control character.
+const std::array<std::string, 256>& byte_encoder();
+// The bytes in the order CLIP's vocab.json lists their symbols (ids 0..255): the printable ones
+// first (`bs` in bytes_to_unicode), then the others.
+std::array<unsigned char, 256> byte_vocab_order();
 
 // Python's str.isspace().
 bool is_python_space(char32_t cp);

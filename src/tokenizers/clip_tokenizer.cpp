@@ -24,29 +24,11 @@ namespace amused {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using tokenizers::append_utf8;
+using tokenizers::byte_encoder;
 using tokenizers::decode_utf8;
 using tokenizers::encode_utf8;
 
 namespace {
-
-// bytes_to_unicode(): printable Latin-1 bytes map to themselves, the other 68 bytes to U+0100.. in
-// order, so that no BPE symbol is whitespace or a control character.
-std::array<std::string, 256> make_byte_encoder() {
-  std::array<bool, 256> printable{};
-  for (int b = '!'; b <= '~'; ++b) printable[b] = true;
-  for (int b = 0xA1; b <= 0xAC; ++b) printable[b] = true;
-  for (int b = 0xAE; b <= 0xFF; ++b) printable[b] = true;
-  std::array<std::string, 256> enc;
-  char32_t next = 256;
-  for (int b = 0; b < 256; ++b)
-    append_utf8(enc[b], printable[b] ? static_cast<char32_t>(b) : next++);
-  return enc;
-}
-
-const std::array<std::string, 256>& byte_encoder() {
-  static const auto enc = make_byte_encoder();
-  return enc;
-}
 
 const std::unordered_map<char32_t, unsigned char>& byte_decoder() {
   static const auto dec = [] {
