@@ -137,7 +137,9 @@ int run_train(const BenchArgs& a) {
   return 0;
 }
 
-int run(const BenchArgs& a) {
+int run(const BenchArgs& given) {
+  BenchArgs a = given;
+  if (a.model.empty()) a.model = amused::cli::default_model();  // the embedded emoji model
   if (a.train) return run_train(a);
   if (a.steps < 1) throw amused::InvalidArgument("--steps must be at least 1");
   if (a.batch < 1) throw amused::InvalidArgument("--batch must be at least 1");
@@ -245,8 +247,7 @@ int run(const BenchArgs& a) {
 
 amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, peak memory, GFLOP/s", [](CLI::App& sub) {
   auto a = std::make_shared<BenchArgs>();
-  sub.add_option("-m,--model", a->model, "Model folder, hub repo id, or (with --random-weights) a config folder")
-      ->required();
+  sub.add_option("-m,--model", a->model, "Model folder, hub repo id, or (with --random-weights) a config folder; default: the embedded emoji model");
   sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
   sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");

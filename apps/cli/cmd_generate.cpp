@@ -66,7 +66,9 @@ std::vector<fs::path> output_paths(const fs::path& output, size_t n) {
   return out;
 }
 
-int run(const GenerateArgs& a) {
+int run(const GenerateArgs& given) {
+  GenerateArgs a = given;
+  if (a.model.empty()) a.model = amused::cli::default_model();  // the embedded emoji model
   // Validate everything cheap before loading the model.
   if (a.prompts.empty()) throw amused::InvalidArgument("--prompt: at least one prompt is required");
   if (a.negative_prompts.size() > 1 && a.negative_prompts.size() != a.prompts.size())
@@ -227,7 +229,7 @@ int run(const GenerateArgs& a) {
 
 amused::cli::Registrar reg("generate", "Generate images from text prompts", [](CLI::App& sub) {
   auto a = std::make_shared<GenerateArgs>();
-  sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256)")->required();
+  sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256); default: the embedded emoji model");
   sub.add_option("-p,--prompt", a->prompts, "Prompt (repeat for several)")->required();
   sub.add_option("-n,--negative-prompt", a->negative_prompts, "Negative prompt (one for all, or one per prompt)");
   sub.add_option("--steps", a->steps, "Denoising steps")->capture_default_str();

@@ -59,7 +59,9 @@ bool wait_signal(int ms) {
   return ::poll(&p, 1, ms) > 0;
 }
 
-int run(const ServeArgs& a) {
+int run(const ServeArgs& given) {
+  ServeArgs a = given;
+  if (a.model.empty()) a.model = amused::cli::default_model();  // the embedded emoji model
   if (a.port < 0 || a.port > 65535)
     throw amused::InvalidArgument("--port must be in [0, 65535], got " + std::to_string(a.port));
   if (a.max_queue < 1 || a.max_queue > 10000)
@@ -120,8 +122,7 @@ int run(const ServeArgs& a) {
 amused::cli::Registrar reg(
     "serve", "Serve the images API over HTTP (see docs/server.md)", [](CLI::App& sub) {
       auto a = std::make_shared<ServeArgs>();
-      sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256)")
-          ->required();
+      sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256); default: the embedded emoji model");
       sub.add_option("--host", a->host, "Address to listen on (loopback by default)")
           ->capture_default_str();
       sub.add_option("--port", a->port, "Port (0: any free port, printed on stderr)")

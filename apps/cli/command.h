@@ -26,6 +26,11 @@ struct Command {
 
 std::vector<Command>& registry();
 
+// The model used when -m is not given: $AMUSED_MODEL when set, else the embedded emoji model
+// (models/amused-emoji of the source tree the binary was built from, or the installed copy under
+// <prefix>/share/amused). Throws InvalidArgument naming where it looked when there is none.
+std::string default_model();
+
 struct Registrar {
   Registrar(std::string name, std::string description, Setup setup) {
     registry().push_back({std::move(name), std::move(description), std::move(setup)});
