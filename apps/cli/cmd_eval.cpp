@@ -7,8 +7,11 @@
 
 #include "amused/eval.h"
 #include "command.h"
+#include "train_common.h"
 
 namespace {
+
+using amused::cli::duration;
 
 struct EvalArgs {
   amused::EvalOptions o;
@@ -16,17 +19,6 @@ struct EvalArgs {
   int threads = 0;
   bool offline = false, no_curves = false, quiet = false;
 };
-
-std::string duration(double s) {
-  char b[32];
-  if (s < 60)
-    std::snprintf(b, sizeof b, "%.0fs", s);
-  else if (s < 3600)
-    std::snprintf(b, sizeof b, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  else
-    std::snprintf(b, sizeof b, "%dh%02dm", static_cast<int>(s) / 3600, static_cast<int>(s) / 60 % 60);
-  return b;
-}
 
 std::string pct(double f) {
   char b[16];
@@ -44,8 +36,8 @@ amused::cli::Registrar reg(
       sub.add_option("--samples", a->o.samples, "Training names evaluated (and their paraphrases)")
           ->capture_default_str();
       sub.add_option("--curve-samples", a->o.curve_samples, "Names per point of the curves")->capture_default_str();
-      sub.add_option("--steps", a->o.steps, "Steps of the main sets")->capture_default_str();
-      sub.add_option("--guidance-scale", a->o.guidance_scale, "Guidance of the main sets")->capture_default_str();
+      sub.add_option("--steps", a->o.steps, "Steps of the main sets (default: the model's generation_config.json, else 12)")->capture_default_str();
+      sub.add_option("--guidance-scale", a->o.guidance_scale, "Guidance of the main sets (default: the model's generation_config.json, else 10)")->capture_default_str();
       sub.add_option("--steps-curve", a->o.steps_curve, "Step counts of the steps curve")->delimiter(',');
       sub.add_option("--guidance-curve", a->o.guidance_curve, "Scales of the guidance curve")->delimiter(',');
       sub.add_flag("--no-curves", a->no_curves, "Only the main sets");
@@ -57,9 +49,13 @@ amused::cli::Registrar reg(
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
       sub.add_flag("--offline", a->offline, "Never use the network");
       sub.add_flag("-q,--quiet", a->quiet, "No progress lines");
-      return std::function<int()>([a] {
+      return std::function<int()>([a, &sub] {
         amused::EvalOptions o = a->o;
         if (o.model.empty()) o.model = amused::cli::default_model();
+        const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(o.model);
+        if (sub.get_option("--steps")->count() == 0 && defaults.steps) o.steps = *defaults.steps;
+        if (sub.get_option("--guidance-scale")->count() == 0 && defaults.guidance_scale)
+          o.guidance_scale = *defaults.guidance_scale;
         o.load = amused::cli::load_options(a->device, a->dtype, a->threads, a->variant, a->offline);
         o.curves = !a->no_curves;
         const auto start = std::chrono::steady_clock::now();

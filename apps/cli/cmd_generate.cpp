@@ -21,6 +21,7 @@ struct GenerateArgs {
   std::vector<std::string> prompts, negative_prompts;
   int steps = 12;
   double guidance = 10.0;
+  bool steps_given = false, guidance_given = false;  // else the model's generation_config.json may set them
   std::optional<uint64_t> seed;
   int num_images = 1;
   std::optional<int> width, height;
@@ -69,6 +70,9 @@ std::vector<fs::path> output_paths(const fs::path& output, size_t n) {
 int run(const GenerateArgs& given) {
   GenerateArgs a = given;
   if (a.model.empty()) a.model = amused::cli::default_model();  // the embedded emoji model
+  const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(a.model);
+  if (!a.steps_given && defaults.steps) a.steps = *defaults.steps;
+  if (!a.guidance_given && defaults.guidance_scale) a.guidance = *defaults.guidance_scale;
   // Validate everything cheap before loading the model.
   if (a.prompts.empty()) throw amused::InvalidArgument("--prompt: at least one prompt is required");
   if (a.negative_prompts.size() > 1 && a.negative_prompts.size() != a.prompts.size())
@@ -207,6 +211,7 @@ int run(const GenerateArgs& given) {
     j["width"] = result.images[0].width;
     j["height"] = result.images[0].height;
     j["steps"] = a.steps;
+    j["guidance_scale"] = a.guidance;
     j["mode"] = mode;
     j["timings"] = {{"load_s", pipe->summary().load_seconds},
                     {"text_encoder_s", t.text_encoder_s},
@@ -232,8 +237,9 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
   sub.add_option("-m,--model", a->model, "Model folder or hub repo id (e.g. amused/amused-256); default: the embedded emoji model");
   sub.add_option("-p,--prompt", a->prompts, "Prompt (repeat for several)")->required();
   sub.add_option("-n,--negative-prompt", a->negative_prompts, "Negative prompt (one for all, or one per prompt)");
-  sub.add_option("--steps", a->steps, "Denoising steps")->capture_default_str();
-  sub.add_option("--guidance,--cfg-scale", a->guidance, "Classifier-free guidance scale (off when <= 1)")
+  sub.add_option("--steps", a->steps, "Denoising steps (default: the model's generation_config.json, else 12)")
+      ->capture_default_str();
+  sub.add_option("--guidance,--cfg-scale", a->guidance, "Classifier-free guidance scale (off when <= 1; default: the model's generation_config.json, else 10)")
       ->capture_default_str();
   sub.add_option("--seed", a->seed, "Random seed (random when omitted; printed)");
   sub.add_option("--num-images", a->num_images, "Images per prompt")->capture_default_str();
@@ -269,6 +275,10 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
       ->capture_default_str();
   sub.add_flag("-q,--quiet", a->quiet, "Print nothing but errors");
   sub.add_flag("--json", a->json, "Print one JSON summary (outputs, seed, timings) on stdout");
-  return std::function<int()>([a] { return run(*a); });
+  return std::function<int()>([a, &sub] {
+    a->steps_given = sub.get_option("--steps")->count() > 0;
+    a->guidance_given = sub.get_option("--guidance")->count() > 0;
+    return run(*a);
+  });
 });
 }  // namespace

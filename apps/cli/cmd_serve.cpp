@@ -91,6 +91,9 @@ int run(const ServeArgs& given) {
   so.dtype = a.dtype;
   so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
   so.max_side = a.max_side;
+  const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(a.model);
+  if (defaults.steps) so.limits.default_steps = std::min(*defaults.steps, so.limits.max_steps);
+  if (defaults.guidance_scale) so.limits.default_guidance_scale = *defaults.guidance_scale;
   amused::server::Server server(*pipe, so);
   const int port = server.bind();
   const auto& s = pipe->summary();

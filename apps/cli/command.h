@@ -9,6 +9,7 @@
 #include "amused/pipeline.h"
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,15 @@ std::vector<Command>& registry();
 // (models/amused-emoji of the source tree the binary was built from, or the installed copy under
 // <prefix>/share/amused). Throws InvalidArgument naming where it looked when there is none.
 std::string default_model();
+
+// Generation defaults a local model folder recommends in `generation_config.json`
+// ({"guidance_scale": 4.0, "num_inference_steps": 12}), used for the flags a command was not given.
+// Empty for hub ids and folders without the file; a malformed file is an InvalidArgument naming it.
+struct ModelDefaults {
+  std::optional<double> guidance_scale;
+  std::optional<int> steps;
+};
+ModelDefaults model_defaults(const std::string& model);
 
 struct Registrar {
   Registrar(std::string name, std::string description, Setup setup) {

@@ -473,6 +473,8 @@ Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoi
     return invalid("", "the request body must be a JSON object, got " + type_name(j),
                    "invalid_json");
   ImageRequest r;
+  r.steps = limits.default_steps;
+  r.guidance_scale = limits.default_guidance_scale;
   if (auto e = validate_fields(j, endpoint, limits, r)) return *e;
   std::optional<std::string> image, mask;
   for (const char* k : {"image", "mask"}) {
@@ -551,6 +553,8 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
     }
   }
   ImageRequest r;
+  r.steps = limits.default_steps;
+  r.guidance_scale = limits.default_guidance_scale;
   if (auto e = validate_fields(j, endpoint, limits, r)) return *e;
   if (auto e = attach_images(image, mask, endpoint, limits, r)) return *e;
   r.image_name = image_name;

@@ -46,6 +46,9 @@ struct RequestLimits {
   int max_steps = 100;
   size_t max_prompt_bytes = 4000;
   size_t max_image_bytes = 16u << 20;  // one decoded upload (before base64)
+  // What a request that names no steps / guidance_scale gets (the model's generation_config.json).
+  int default_steps = 12;
+  double default_guidance_scale = 10.0;
 };
 
 enum class Endpoint {

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "amused/convert.h"
+#include "amused/dataset.h"
 #include "amused/eval.h"
 #include "amused/image_io.h"
 #include "amused/tokenizer.h"
@@ -221,6 +222,22 @@ TEST(PretrainOnTrainedVq, KeepsTheVqGanTrainsTheTextEncoderOnListCaptions) {
   EXPECT_NE(bad.err.find("text_encoder"), std::string::npos) << bad.err;
 }
 
+TEST(PretrainOnTrainedVq, ResumingAFinishedRunReportsItsFinalLoss) {
+  AMUSED_REQUIRE_GOLDEN();
+  gt::TempDir tmp;
+  const fs::path data = make_emoji_like_set(tmp / "set", 16);
+  const fs::path model = config_folder_with_vq(tmp / "init");
+  const std::string args = "train -m '" + model.string() + "' --data '" + data.string() + "' --output '" +
+                           (tmp / "run").string() + "' --max-steps 2 --batch-size 2 --threads 1 --resume";
+  auto first = gt::run_cli(args);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  auto again = gt::run_cli(args);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.out.find("nan"), std::string::npos) << again.out;
+  const auto at = [](const std::string& out) { return out.substr(out.find("final loss")); };
+  EXPECT_EQ(at(first.out).substr(0, 17), at(again.out).substr(0, 17)) << first.out << again.out;
+}
+
 // ------------------------------------------------------------------------------ convert
 
 TEST(Convert, Float16FilesUnderThePlainNamesThatLoadAndGenerateLikeTheOriginal) {
@@ -329,6 +346,54 @@ TEST(DefaultModel, GenerateWithoutModelUsesAmusedModel) {
   auto bad = gt::run_cli("generate -p cat -o '" + (tmp / "c.png").string() + "' -q --offline");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("nowhere"), std::string::npos) << bad.err;
+}
+
+TEST(DefaultModel, GenerationConfigSetsTheDefaultsTheFlagsDoNotGive) {
+  AMUSED_REQUIRE_GOLDEN();
+  gt::TempDir tmp;
+  const fs::path m = tmp / "m";
+  fs::copy(gt::golden_path("models/tiny-a"), m, fs::copy_options::recursive);
+  {
+    std::ofstream f(m / "generation_config.json");
+    f << R"({"guidance_scale": 1.5, "num_inference_steps": 3})";
+  }
+  const std::string base = "generate -m '" + m.string() + "' -p cat --seed 1 --dtype float32 -o '" +
+                           (tmp / "a.png").string() + "' --json --offline";
+  auto r = gt::run_cli(base);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["steps"], 3);
+  EXPECT_EQ(j["guidance_scale"], 1.5);
+  r = gt::run_cli(base + " --steps 2 --guidance 4");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["steps"], 2);
+  EXPECT_EQ(j["guidance_scale"], 4.0);
+  {
+    std::ofstream f(m / "generation_config.json");
+    f << R"({"num_inference_steps": "many"})";
+  }
+  r = gt::run_cli(base);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("generation_config.json"), std::string::npos) << r.err;
+}
+
+TEST(EmbeddedModel, DrawsTheEmojiItsNameAsksFor) {
+  // The first command of the README draws with this model: it must be in the checkout and follow
+  // prompts. Measured with amused eval on the first 100 emoji (faces, much alike), float32.
+  gt::TempDir tmp;
+  amused::EmojiDatasetOptions d;
+  d.output = (tmp / "emoji").string();
+  d.limit = 100;
+  amused::build_emoji_dataset(d);
+  auto r = gt::run_cli("eval --data '" + (tmp / "emoji").string() + "' -o '" + (tmp / "eval").string() +
+                       "' --samples 32 --no-curves --dtype float32 --batch-size 16 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = amused::read_json_file(tmp / "eval/results.json");
+  const auto& train = j["scores"][0];
+  ASSERT_EQ(train["set"], "train");
+  EXPECT_EQ(train["n"], 32);
+  EXPECT_GE(train["top5"].get<double>(), 0.5) << r.out;
 }
 
 }  // namespace

@@ -125,6 +125,19 @@ TEST(ServerApi, MinimalGenerationGetsTheCliDefaults) {
   EXPECT_EQ(r.masking_schedule, "");
 }
 
+TEST(ServerApi, TheModelsGenerationDefaultsFillWhatARequestLeavesOut) {
+  amused::server::RequestLimits l = limits();
+  l.default_steps = 8;
+  l.default_guidance_scale = 4.5;  // amused serve: from the model's generation_config.json
+  const ImageRequest r = ok(amused::server::parse_generation_request(R"({"prompt": "a cat"})", l));
+  EXPECT_EQ(r.steps, 8);
+  EXPECT_EQ(r.guidance_scale, 4.5);
+  const ImageRequest given =
+      ok(amused::server::parse_generation_request(R"({"prompt": "a cat", "steps": 3, "guidance_scale": 2})", l));
+  EXPECT_EQ(given.steps, 3);
+  EXPECT_EQ(given.guidance_scale, 2.0);
+}
+
 TEST(ServerApi, FullGeneration) {
   const ImageRequest r = gen_ok(R"({
     "prompt": "a café ☕", "negative_prompt": "blurry", "n": 3, "size": "128x64",
