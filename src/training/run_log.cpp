@@ -129,6 +129,15 @@ std::vector<std::pair<double, double>> series_from_log(const std::vector<json>& 
   return out;
 }
 
+double last_logged_value(const std::filesystem::path& path, const std::string& key) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return std::nan("");
+  const auto series = series_from_log(read_step_log(path), key);
+  for (auto it = series.rbegin(); it != series.rend(); ++it)
+    if (std::isfinite(it->second)) return it->second;
+  return std::nan("");
+}
+
 std::vector<std::pair<double, double>> ema_smooth(
     const std::vector<std::pair<double, double>>& points, double weight) {
   if (!(weight >= 0.0 && weight < 1.0))

@@ -46,6 +46,10 @@ std::vector<nlohmann::json> read_step_log(const std::filesystem::path& path);
 std::vector<std::pair<double, double>> series_from_log(const std::vector<nlohmann::json>& records,
                                                        const std::string& key);
 
+// The last finite value under `key` in the step log at `path` (NaN when there is none or no log):
+// the final loss of a run resumed at its last step, which trains no step in that process.
+double last_logged_value(const std::filesystem::path& path, const std::string& key);
+
 // TensorBoard-style exponential smoothing with bias correction (weight in [0, 1)); NaN values
 // are passed through and do not disturb the running average.
 std::vector<std::pair<double, double>> ema_smooth(

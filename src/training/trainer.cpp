@@ -798,6 +798,8 @@ TrainSummary TrainerImpl::run(const TrainCallback& progress) {
   TrainSummary s;
   s.steps = step_;
   s.resumed_from = resumed_from_;
+  // Resumed at the last step: no step ran here; the log has the run's final loss.
+  if (std::isnan(last_loss) && o_.write_outputs) last_loss = last_logged_value(out / "train_log.jsonl", "loss");
   s.final_loss = last_loss;
   s.output = out.string();
   if (!stopped && o_.write_outputs) {
