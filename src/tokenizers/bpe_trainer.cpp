@@ -61,15 +61,15 @@ json special_token(const char* content) {
 
 }  // namespace
 
-BpeTrainStats train_clip_bpe(const std::vector<std::string>& texts, const BpeTrainOptions& o,
-                             const fs::path& out_dir) {
+TokenizerTrainSummary train_clip_bpe(const std::vector<std::string>& texts, const TokenizerTrainOptions& o,
+                                     const fs::path& out_dir) {
   if (o.vocab_size < 514)
     throw InvalidArgument("vocab size " + std::to_string(o.vocab_size) +
                           " is below 514 (256 byte symbols, the same with </w>, and 2 special tokens)");
   if (o.min_frequency < 1) throw InvalidArgument("min frequency must be at least 1");
   if (o.model_max_length < 3) throw InvalidArgument("model max length must be at least 3 (BOS, a token, EOS)");
-  BpeTrainStats stats;
-  stats.texts = static_cast<int64_t>(texts.size());
+  TokenizerTrainSummary stats;
+  stats.captions = static_cast<int64_t>(texts.size());
 
   // ---- the words, as the tokenizer pre-tokenizes them
   std::map<std::string, int64_t> counts;
@@ -133,7 +133,7 @@ BpeTrainStats train_clip_bpe(const std::vector<std::string>& texts, const BpeTra
     symbols += w.count * static_cast<int64_t>(w.symbols.size());
     if (w.symbols.size() == 1) ++stats.whole_words;
   }
-  stats.symbols_per_word = static_cast<double>(symbols) / static_cast<double>(stats.words);
+  stats.tokens_per_word = static_cast<double>(symbols) / static_cast<double>(stats.words);
 
   // ---- the files
   json vj = json::object();
@@ -234,20 +234,7 @@ TokenizerTrainSummary train_tokenizer(const TokenizerTrainOptions& o) {
   }
   for (const auto& f : o.text_files)
     for (auto& line : read_lines(f)) texts.push_back(std::move(line));
-  tokenizers::BpeTrainOptions bo;
-  bo.vocab_size = o.vocab_size;
-  bo.min_frequency = o.min_frequency;
-  bo.model_max_length = o.model_max_length;
-  const auto st = tokenizers::train_clip_bpe(texts, bo, o.output);
-  TokenizerTrainSummary s;
-  s.captions = st.texts;
-  s.words = st.words;
-  s.distinct_words = st.distinct_words;
-  s.merges = st.merges;
-  s.vocab_size = st.vocab_size;
-  s.whole_words = st.whole_words;
-  s.tokens_per_word = st.symbols_per_word;
-  return s;
+  return tokenizers::train_clip_bpe(texts, o, o.output);
 }
 
 }  // namespace amused

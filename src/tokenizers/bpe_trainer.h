@@ -9,9 +9,9 @@
 // split pattern), and every byte has a symbol, so any text tokenizes: unseen words fall back to
 // smaller pieces down to single bytes.
 //
-//   tokenizers::BpeTrainOptions o;
+//   amused::TokenizerTrainOptions o;
 //   o.vocab_size = 4096;
-//   auto stats = tokenizers::train_clip_bpe(captions, o, "out/tokenizer");
+//   amused::TokenizerTrainSummary s = tokenizers::train_clip_bpe(captions, o, "out/tokenizer");
 //
 // Ref: Sennrich et al. 2016 (BPE); transformers/models/clip/tokenization_clip.py (file layout, bpe())
 #pragma once
@@ -21,31 +21,16 @@
 #include <string>
 #include <vector>
 
+#include "amused/train_tokenizer.h"
+
 namespace amused::tokenizers {
-
-struct BpeTrainOptions {
-  int64_t vocab_size = 4096;     // in all: 512 byte symbols + merges + 2 special tokens
-  int64_t min_frequency = 2;     // a pair is merged only when it occurs at least this often
-  int64_t model_max_length = 77; // tokenizer_config.json (the text encoder's positions)
-};
-
-struct BpeTrainStats {
-  int64_t texts = 0;
-  int64_t words = 0;           // pre-tokens in all texts
-  int64_t distinct_words = 0;
-  int64_t merges = 0;
-  int64_t vocab_size = 0;      // entries of vocab.json
-  // Distinct words that end as one symbol (whole-word tokens).
-  int64_t whole_words = 0;
-  // Symbols per word over all words after the merges (1.0: every word is one token).
-  double symbols_per_word = 0;
-};
 
 // Learns merges (most frequent adjacent pair first; ties to the smaller pair in byte order, so the
 // result is the same on every machine) until the vocabulary has `vocab_size` entries or no pair
 // occurs `min_frequency` times, and writes the four files into `out_dir` (created if missing;
 // written all or nothing). Throws InvalidArgument for a vocab_size below 514 or no text.
-BpeTrainStats train_clip_bpe(const std::vector<std::string>& texts, const BpeTrainOptions& options,
-                             const std::filesystem::path& out_dir);
+// Uses options.vocab_size, min_frequency and model_max_length (the data fields are ignored).
+TokenizerTrainSummary train_clip_bpe(const std::vector<std::string>& texts, const TokenizerTrainOptions& options,
+                                     const std::filesystem::path& out_dir);
 
 }  // namespace amused::tokenizers
