@@ -256,7 +256,8 @@ amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, p
   sub.add_option("--guidance", a->guidance, "Guidance scale (CFG doubles the transformer batch)")->capture_default_str();
   sub.add_option("--warmup-steps", a->warmup_steps, "Steps of the warm-up call (0: none)")->capture_default_str();
   sub.add_option("--prompt", a->prompt, "Prompt")->capture_default_str();
-  sub.add_option("--seed", a->seed, "Seed")->capture_default_str();
+  sub.add_option("--seed", a->seed, "Seed")->capture_default_str()
+      ->check(amused::cli::seed_range());
   sub.add_option("--variant", a->variant, "Weight variant (e.g. fp16)");
   sub.add_option("--tokenizer", a->tokenizer, "Tokenizer folder (for config-only model folders)");
   sub.add_flag("--random-weights", a->random_weights, "Random weights from the config files (no checkpoint needed)");

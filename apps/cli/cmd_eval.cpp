@@ -42,7 +42,8 @@ amused::cli::Registrar reg(
       sub.add_option("--guidance-curve", a->o.guidance_curve, "Scales of the guidance curve")->delimiter(',');
       sub.add_flag("--no-curves", a->no_curves, "Only the main sets");
       sub.add_option("--batch-size", a->o.batch_size, "Images per generation call")->capture_default_str();
-      sub.add_option("--seed", a->o.seed, "Seed (sample choice and generation)")->capture_default_str();
+      sub.add_option("--seed", a->o.seed, "Seed (sample choice and generation)")->capture_default_str()
+      ->check(amused::cli::seed_range());
       sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
       sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16")->capture_default_str();
       sub.add_option("--variant", a->variant, "Weight variant to read (e.g. fp16)");

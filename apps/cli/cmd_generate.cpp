@@ -119,6 +119,9 @@ int run(const GenerateArgs& given) {
   p.aesthetic_score = a.aesthetic;
   const auto crop = parse_numbers(a.crop, "--crop-coord");
   if (crop.size() != 2) throw amused::InvalidArgument("--crop-coord expects X,Y");
+  for (double c : crop)
+    if (!std::isfinite(c) || c != std::floor(c) || std::fabs(c) > 1e9)
+      throw amused::InvalidArgument("--crop-coord '" + a.crop + "': X and Y must be whole numbers (pixels)");
   p.crop_coord = {static_cast<int>(crop[0]), static_cast<int>(crop[1])};
   const auto temp = parse_numbers(a.temperature, "--temperature");
   if (temp.size() == 1) {
@@ -241,7 +244,8 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
       ->capture_default_str();
   sub.add_option("--guidance,--cfg-scale", a->guidance, "Classifier-free guidance scale (off when <= 1; default: the model's generation_config.json, else 10)")
       ->capture_default_str();
-  sub.add_option("--seed", a->seed, "Random seed (random when omitted; printed)");
+  sub.add_option("--seed", a->seed, "Random seed (random when omitted; printed)")
+      ->check(amused::cli::seed_range());
   sub.add_option("--num-images", a->num_images, "Images per prompt")->capture_default_str();
   sub.add_option("--width", a->width, "Image width (multiple of the VQ scale factor; default: the model's)");
   sub.add_option("--height", a->height, "Image height (multiple of the VQ scale factor; default: the model's)");

@@ -122,7 +122,8 @@ amused::cli::Registrar reg(
       sub.add_option("--mixed-precision", o->mixed_precision,
                      "no | bf16 | fp16 (CUDA): autocast forward, float32 master weights")
           ->capture_default_str();
-      sub.add_option("--seed", o->seed, "Seed (masking, crops, initialisation)")->capture_default_str();
+      sub.add_option("--seed", o->seed, "Seed (masking, crops, initialisation)")->capture_default_str()
+          ->check(amused::cli::seed_range());
       sub.add_option("--checkpointing-steps", o->checkpointing_steps, "Checkpoint every N steps")
           ->capture_default_str();
       sub.add_option("--checkpoints-total-limit", o->checkpoints_total_limit, "Keep the last K checkpoints (0: all)")

@@ -124,7 +124,8 @@ amused::cli::Registrar reg(
       sub.add_option("--adam-weight-decay", o->adam_weight_decay, "AdamW weight decay")->capture_default_str();
       sub.add_option("--adam-epsilon", o->adam_epsilon, "AdamW epsilon")->capture_default_str();
       sub.add_option("--max-grad-norm", o->max_grad_norm, "Clip the gradient norm (0: off)")->capture_default_str();
-      sub.add_option("--seed", o->seed, "Seed (initialisation, crops, shuffling, restarts)")->capture_default_str();
+      sub.add_option("--seed", o->seed, "Seed (initialisation, crops, shuffling, restarts)")->capture_default_str()
+          ->check(amused::cli::seed_range());
       sub.add_option("--checkpointing-steps", o->checkpointing_steps, "Checkpoint every N steps")->capture_default_str();
       sub.add_option("--checkpoints-total-limit", o->checkpoints_total_limit, "Keep the last K checkpoints (0: all)")
           ->capture_default_str();

@@ -27,6 +27,22 @@ struct Command {
 
 std::vector<Command>& registry();
 
+// --seed: a decimal integer in [0, 2^64 - 1]. (Without this check CLI11 saturates larger values to
+// 2^64 - 1 and wraps -1 around, so two different requests would silently share a seed.)
+inline const CLI::Validator& seed_range() {
+  static const CLI::Validator v(
+      [](std::string& s) -> std::string {
+        static const std::string max = "18446744073709551615";
+        const bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+        std::string t = s.substr(std::min(s.find_first_not_of('0'), s.size()));
+        if (!digits || t.size() > max.size() || (t.size() == max.size() && t > max))
+          return "'" + s + "' is not a seed: give a whole number from 0 to 18446744073709551615 (2^64 - 1)";
+        return "";
+      },
+      "SEED");
+  return v;
+}
+
 // The model used when -m is not given: $AMUSED_MODEL when set, else the embedded emoji model
 // (models/amused-emoji of the source tree the binary was built from, or the installed copy under
 // <prefix>/share/amused). Throws InvalidArgument naming where it looked when there is none.

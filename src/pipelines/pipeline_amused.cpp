@@ -260,6 +260,22 @@ void Pipeline::Impl::adopt(Components c) {
   vqvae = c.vqvae;
   vq_encoder_loader = std::move(c.load_vq_encoder);
   scheduler_config = c.scheduler_config;
+  // Ids that cross components must fit the next one's table: found here, not as "index out of
+  // range" in the middle of a generation.
+  const auto& tc = transformer->config();
+  if (scheduler_config.mask_token_id < 0 || scheduler_config.mask_token_id >= tc.vocab_size)
+    throw ConfigError("scheduler/scheduler_config.json: mask_token_id " + std::to_string(scheduler_config.mask_token_id) +
+                      " is outside the transformer's token table (vocab_size " + std::to_string(tc.vocab_size) +
+                      " in transformer/config.json; aMUSEd uses vocab_size - 1)");
+  if (tc.codebook_size > vqvae->config().num_vq_embeddings)
+    throw ConfigError("transformer/config.json: codebook_size " + std::to_string(tc.codebook_size) +
+                      " is larger than the VQ-GAN's codebook (num_vq_embeddings " +
+                      std::to_string(vqvae->config().num_vq_embeddings) + " in vqvae/config.json)");
+  if (tokenizer->vocab_size() > text_encoder->config().vocab_size)
+    throw ConfigError("the tokenizer has " + std::to_string(tokenizer->vocab_size()) +
+                      " entries but the text encoder's embedding only " +
+                      std::to_string(text_encoder->config().vocab_size) +
+                      " (vocab_size in text_encoder/config.json): they do not belong together");
   sample_size = transformer->config().sample_size;
   vq_scale_factor = vqvae->config().scale_factor();
   auto& s = summary;
@@ -375,6 +391,8 @@ void Pipeline::Impl::validate(const GenerationParams& params) const {
     throw InvalidArgument("temperature must be one value, a pair, or one value per step (" +
                           std::to_string(params.num_inference_steps) + "), got " + std::to_string(t.size()) +
                           " values");
+  for (double v : t)
+    if (!std::isfinite(v)) throw InvalidArgument("temperature must be finite numbers, got " + std::to_string(v));
 }
 
 void Pipeline::Impl::check_size(int width, int height) const {

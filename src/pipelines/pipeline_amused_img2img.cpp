@@ -43,6 +43,11 @@ GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Im
   LoraScaleScope lora_scales(*this, params.lora_scales);
   if (!(params.strength >= 0.0 && params.strength <= 1.0))
     throw InvalidArgument("strength must be in [0, 1], got " + std::to_string(params.strength));
+  if (mask != nullptr && static_cast<int>(static_cast<double>(params.num_inference_steps) * params.strength) == 0)
+    throw InvalidArgument("strength " + std::to_string(params.strength) + " x " +
+                          std::to_string(params.num_inference_steps) +
+                          " steps runs no step (int(steps * strength) = 0), which would leave the masked part "
+                          "unfilled: raise the strength or the steps");
   const Image image = prepare_input_image(params.image, params.width, params.height);
   const int64_t scale = vq_scale_factor;
   const int64_t h = image.height / scale, w = image.width / scale;

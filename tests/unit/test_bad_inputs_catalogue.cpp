@@ -191,6 +191,11 @@ TEST(BadInputsCatalogue, ModelFolders) {
                    [](auto& j) { j["masking_schedule"] = "exp"; });
        },
        true},
+      {"scheduler mask id outside the transformer's table", g, 1, "mask_token_id",
+       [](auto& m, auto&) {
+         edit_json(m / "scheduler" / "scheduler_config.json", [](auto& j) { j["mask_token_id"] = 4000; });
+       },
+       true},
       {"config is a folder", g, 1, "config.json",
        [](auto& m, auto&) {
          fs::remove(m / "vqvae" / "config.json");
@@ -310,6 +315,10 @@ TEST(BadInputsCatalogue, Flags) {
       {"unknown dtype", g + " --dtype int8", 1, "int8"},
       {"unknown device", g + " --device tpu", 1, "tpu"},
       {"guidance not finite", g + " --guidance nan", 1, "guidance"},
+      {"temperature not finite", g + " --temperature nan", 1, "temperature"},
+      {"crop coordinates not whole numbers", g + " --crop-coord 1e300,nan", 1, "--crop-coord"},
+      {"seed above 2^64 - 1", g + " --seed 18446744073709551616", 2, "2^64"},
+      {"negative seed", g + " --seed -1", 2, "seed"},
       {"output not .png", "generate -m '{M}' -p x -o '{D}/out.jpg'", 1, ".png"},
       {"output folder missing", "generate -m '{M}' -p x -o '{D}/sub/out.png'", 1, "does not exist"},
       {"save-tokens folder missing", g + " --save-tokens '{D}/sub/t.safetensors'", 1,
@@ -356,5 +365,7 @@ TEST(BadInputsCatalogue, ImagesAndMasks) {
        images},
       {"strength above 1", g + " --init-image '{T}/img.png' --strength 1.5", 1, "strength", images},
       {"strength without image", g + " --strength 0.5", 1, "--init-image", images},
+      {"inpainting that runs no step (int(2 x 0.3) = 0)",
+       g + " --init-image '{T}/img.png' --mask '{T}/img.png' --strength 0.3", 1, "runs no step", images},
   });
 }
