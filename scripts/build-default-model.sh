@@ -145,7 +145,21 @@ if ! done_mark train; then
   mark_done train
 fi
 
-# 6. float16, into the repository.
-stage "6/6 float16 model -> $OUT"
+# 6. float16, into the repository, with its generation defaults (the guidance scale that amused
+#    eval's guidance curve found best; docs/default-model.md), card and licences.
+stage "6/7 float16 model -> $OUT"
 "$AMUSED" convert -m "$WORK/model" -o "$OUT" --dtype float16
-echo "done: $OUT (amused generate -m $OUT -p \"red apple\"; amused eval -m $OUT --data $WORK/emoji64)"
+cat > "$OUT/generation_config.json" <<'JSON'
+{
+  "guidance_scale": 2.0,
+  "num_inference_steps": 12
+}
+JSON
+cp docs/default-model-card.md "$OUT/README.md"
+mkdir -p "$OUT/licenses"
+cp "$WORK/emoji64/licenses/"*.txt "$OUT/licenses/"
+
+# 7. How well it follows prompts (docs/default-model.md shows this run's report).
+stage "7/7 amused eval"
+"$AMUSED" eval -m "$OUT" --data "$WORK/emoji64" -o "$WORK/eval" "${threads[@]}"
+echo "done: $OUT (amused generate -p \"red apple\"); report: $WORK/eval/report.md"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Generates one image with the built CLI: with amused/amused-256 when it is in the Hugging Face
-# cache (or AMUSED_DEMO_MODEL names a model), else with the tiny golden test model beside the
-# checkout (a 16x16 image of a random-weight model: proof that everything runs, not a picture).
+# Generates one picture with the built CLI: with AMUSED_DEMO_MODEL when set (a folder or a hub repo id),
+# else with the embedded default model when the checkout has it (models/amused-emoji, a small aMUSEd that
+# amused.cpp trains itself; docs/default-model.md), else with amused/amused-256 when it is in the Hugging
+# Face cache, else with the tiny golden test model beside the checkout (a 16x16 image of a random-weight
+# model: proof that everything runs, not a picture).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${1:-$here/build}"
@@ -9,8 +11,12 @@ amused="$build_dir/amused"
 golden="${AMUSED_GOLDEN_DIR:-$here/../shared/golden}"
 hub="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
 model="${AMUSED_DEMO_MODEL:-}"
+prompt="a photo of a cat"
 if [ -z "$model" ]; then
-  if [ -d "$hub/models--amused--amused-256" ]; then
+  if [ -f "$here/models/amused-emoji/model_index.json" ]; then
+    model="$here/models/amused-emoji"
+    prompt="red apple"
+  elif [ -d "$hub/models--amused--amused-256" ]; then
     model="amused/amused-256"
   elif [ -d "$golden/models/tiny-a" ]; then
     model="$golden/models/tiny-a"
@@ -19,6 +25,7 @@ if [ -z "$model" ]; then
   fi
 fi
 out="$here/demo.png"
-echo "==> $amused generate -m $model -p 'a photo of a cat' --seed 0 -o $out"
-"$amused" generate -m "$model" -p "a photo of a cat" --seed 0 -o "$out"
+echo "==> $amused generate -m $model -p '$prompt' --seed 0 -o $out"
+"$amused" generate -m "$model" -p "$prompt" --seed 0 -o "$out"
 "$amused" inspect "$out"
+echo "==> the picture: $out"
