@@ -10,6 +10,7 @@
 #include "amused/amused.h"
 #include "amused/image_io.h"
 #include "amused/pipeline.h"
+#include "amused/log.h"
 #include "command.h"
 #include "progress.h"
 
@@ -69,6 +70,8 @@ std::vector<fs::path> output_paths(const fs::path& output, size_t n) {
 
 int run(const GenerateArgs& given) {
   GenerateArgs a = given;
+  // --quiet: nothing but errors, the library's info lines (LoRA adapters, ...) and warnings included.
+  if (a.quiet) amused::set_log_level(amused::LogLevel::Error);
   if (a.model.empty()) a.model = amused::cli::default_model();  // the embedded emoji model
   const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(a.model);
   if (!a.steps_given && defaults.steps) a.steps = *defaults.steps;

@@ -1,5 +1,7 @@
 #include "core/log.h"
 
+#include "amused/log.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -59,3 +61,10 @@ void write(Level level, const std::string& message) {
 }
 
 }  // namespace amused::log
+
+// ------------------------------------------------------------------ public API (amused/log.h)
+
+namespace amused {
+void set_log_level(LogLevel level) { log::set_min_level(static_cast<log::Level>(static_cast<int>(level))); }
+LogLevel log_level() { return static_cast<LogLevel>(static_cast<int>(log::min_level())); }
+}  // namespace amused

@@ -347,6 +347,20 @@ TEST(DefaultModel, GenerateWithoutModelUsesAmusedModel) {
   EXPECT_NE(bad.err.find("nowhere"), std::string::npos) << bad.err;
 }
 
+TEST(GenerateQuiet, PrintsNothingButErrorsLibraryMessagesIncluded) {
+  AMUSED_REQUIRE_GOLDEN();
+  gt::TempDir tmp;
+  const std::string base = "generate -m '" + gt::golden_path("models/tiny-a").string() +
+                           "' -p cat --seed 1 --steps 1 --threads 100000 -o '" + (tmp / "a.png").string() + "' --offline";
+  auto loud = gt::run_cli(base);
+  ASSERT_EQ(loud.exit_code, 0) << loud.err;
+  EXPECT_NE(loud.err.find("threads"), std::string::npos) << "the library warns about --threads 100000";
+  auto quiet = gt::run_cli(base + " --quiet");
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err, "");
+  EXPECT_EQ(quiet.out, "");
+}
+
 TEST(DefaultModel, GenerationConfigSetsTheDefaultsTheFlagsDoNotGive) {
   AMUSED_REQUIRE_GOLDEN();
   gt::TempDir tmp;
