@@ -2,7 +2,10 @@
 // gets to the machine's measured matrix-multiply ceiling.
 #include <nlohmann/json.hpp>
 
+#include <torch/torch.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -18,6 +21,8 @@
 #include "amused/train.h"
 #include "amused/image_io.h"
 #include "command.h"
+#include "nn/matmul.h"                 // the library's internals: bench tooling only
+#include "pipelines/pipeline_amused.h"  // parse_device, parse_dtype
 
 namespace {
 
@@ -32,6 +37,40 @@ struct BenchArgs {
   std::string prompt = "a photo of an astronaut riding a horse on mars";
   uint64_t seed = 0;
 };
+
+// Measured dense matrix-multiply throughput (GFLOP/s) in `dtype` ("float32", "bfloat16", "float16")
+// on `device`: the best of n^3, (2n)^3 and the U-ViT's largest layer shape, over about `seconds`.
+double measure_matmul_gflops(const std::string& dtype, const std::string& device, int n = 1024,
+                             double seconds = 3.0) {
+  using amused::parse_device;
+  using amused::parse_dtype;
+  namespace nn = amused::nn;
+  torch::NoGradGuard g;
+  const auto dev = parse_device(device);
+  const auto dt = parse_dtype(dtype);
+  // Square n x n products plus the U-ViT's largest layer shape (512 tokens x 1024 -> 5632, the GEGLU
+  // projection of a CFG batch): the best of them is the ceiling.
+  const std::vector<std::array<int64_t, 3>> shapes = {{n, n, n}, {2 * n, 2 * n, 2 * n}, {512, 1024, 5632}};
+  double best = 0;
+  const double per_shape = seconds / static_cast<double>(shapes.size());
+  for (const auto& [m, k, n_out] : shapes) {
+    // Through nn::linear (a times b's transpose), as the models multiply: on CPUs with OpenBLAS
+    // that is the product split across the OpenMP threads (nn/matmul.h).
+    auto a = torch::randn({m, k}).to(dev, dt);
+    auto b = torch::randn({n_out, k}).to(dev, dt);
+    auto c = nn::linear(a, b);  // warm-up
+    if (dev.is_cuda()) torch::cuda::synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    do {
+      const auto t0 = std::chrono::steady_clock::now();
+      c = nn::linear(a, b);
+      if (dev.is_cuda()) torch::cuda::synchronize();
+      const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, 2.0 * m * k * static_cast<double>(n_out) / dt_s / 1e9);
+    } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < per_shape);
+  }
+  return best;
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -180,9 +219,9 @@ int run(const BenchArgs& given) {
   // The ceilings are measured after the run, so their buffers take no part in its peak memory.
   double ceil_f32 = 0, ceil_bf16 = 0, ceil_f16 = 0;
   if (!a.skip_ceilings) {
-    ceil_f32 = amused::measure_matmul_gflops("float32", a.device);
-    ceil_bf16 = amused::measure_matmul_gflops("bfloat16", a.device);
-    if (cuda) ceil_f16 = amused::measure_matmul_gflops("float16", a.device);
+    ceil_f32 = measure_matmul_gflops("float32", a.device);
+    ceil_bf16 = measure_matmul_gflops("bfloat16", a.device);
+    if (cuda) ceil_f16 = measure_matmul_gflops("float16", a.device);
   }
   const double ceiling = a.dtype == "float32" || a.dtype == "fp32" ? ceil_f32 : cuda && (a.dtype == "float16" || a.dtype == "fp16") ? ceil_f16 : ceil_bf16;
   auto pct = [&](double g, double c) { return c > 0 ? 100.0 * g / c : 0.0; };

@@ -13,6 +13,7 @@
 #include "amused/log.h"
 #include "command.h"
 #include "progress.h"
+#include "server/api.h"  // GenerationCall
 
 namespace {
 namespace fs = std::filesystem;
@@ -110,10 +111,8 @@ int run(const GenerateArgs& given) {
     throw amused::InvalidArgument("--strength must be in [0, 1], got " + std::to_string(*a.strength));
   const std::string mode = a.init_image.empty() ? "text-to-image" : a.mask.empty() ? "image-to-image" : "inpaint";
 
-  amused::TextToImageParams t2i;
-  amused::InpaintParams edit;  // also carries the image-to-image parameters
-  amused::GenerationParams& p = a.init_image.empty() ? static_cast<amused::GenerationParams&>(t2i)
-                                                     : static_cast<amused::GenerationParams&>(edit);
+  amused::server::GenerationCall call;  // the server's request -> parameters mapping uses the same
+  amused::GenerationParams& p = call.common(mode);
   p.prompts = a.prompts;
   p.negative_prompts = a.negative_prompts;
   p.num_inference_steps = a.steps;
@@ -136,14 +135,21 @@ int run(const GenerateArgs& given) {
   }
   p.masking_schedule = a.masking_schedule;
   p.seed = a.seed;
-  t2i.width = a.width;
-  t2i.height = a.height;
-  if (!a.init_image.empty()) {
-    edit.image = amused::load_image(a.init_image);
-    edit.width = a.width;
-    edit.height = a.height;
-    edit.strength = a.strength.value_or(a.mask.empty() ? 0.5 : 1.0);
-    if (!a.mask.empty()) edit.mask = amused::load_image(a.mask);
+  double strength = 0;
+  if (mode == "text-to-image") {
+    call.t2i.width = a.width;
+    call.t2i.height = a.height;
+  } else if (mode == "image-to-image") {
+    call.img2img.image = amused::load_image(a.init_image);
+    call.img2img.width = a.width;
+    call.img2img.height = a.height;
+    strength = call.img2img.strength = a.strength.value_or(0.5);
+  } else {
+    call.inpaint.image = amused::load_image(a.init_image);
+    call.inpaint.mask = amused::load_image(a.mask);
+    call.inpaint.width = a.width;
+    call.inpaint.height = a.height;
+    strength = call.inpaint.strength = a.strength.value_or(1.0);
   }
 
   const bool show_progress = !a.quiet && !a.json && amused::cli::stderr_is_tty();
@@ -164,9 +170,9 @@ int run(const GenerateArgs& given) {
     bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
     return true;
   };
-  amused::GenerationResult result = mode == "text-to-image"    ? pipe->text_to_image(t2i)
-                                    : mode == "image-to-image" ? pipe->image_to_image(edit)
-                                                               : pipe->inpaint(edit);
+  amused::GenerationResult result = mode == "text-to-image"    ? pipe->text_to_image(call.t2i)
+                                    : mode == "image-to-image" ? pipe->image_to_image(call.img2img)
+                                                               : pipe->inpaint(call.inpaint);
   bar.finish();
 
   const auto paths = output_paths(output, result.images.size());
@@ -198,7 +204,7 @@ int run(const GenerateArgs& given) {
     };
     if (!a.init_image.empty()) {
       text.emplace_back("init_image", a.init_image);
-      text.emplace_back("strength", nlohmann::json(edit.strength).dump());
+      text.emplace_back("strength", nlohmann::json(strength).dump());
     }
     if (!a.mask.empty()) text.emplace_back("mask", a.mask);
     files.emplace_back(paths[i], amused::encode_png(result.images[i], text));

@@ -565,9 +565,7 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
 GenerationCall to_params(const ImageRequest& r) {
   // Field for field as apps/cli/cmd_generate.cpp fills them, so a seed gives the CLI's image.
   GenerationCall call;
-  const bool edit = r.mode != "text-to-image";
-  GenerationParams& p =
-      edit ? static_cast<GenerationParams&>(call.edit) : static_cast<GenerationParams&>(call.t2i);
+  GenerationParams& p = call.common(r.mode);
   p.prompts = {r.prompt};
   if (r.negative_prompt) p.negative_prompts = {*r.negative_prompt};
   p.num_inference_steps = r.steps;
@@ -581,12 +579,17 @@ GenerationCall to_params(const ImageRequest& r) {
   p.masking_schedule = r.masking_schedule;
   p.seed = r.seed;
   p.lora_scales = r.loras;
-  if (edit) {
-    call.edit.image = r.image;
-    call.edit.width = r.width;
-    call.edit.height = r.height;
-    call.edit.strength = r.strength.value_or(r.mode == "inpaint" ? 1.0 : 0.5);
-    if (r.mode == "inpaint") call.edit.mask = r.mask;
+  if (r.mode == "inpaint") {
+    call.inpaint.image = r.image;
+    call.inpaint.mask = r.mask;
+    call.inpaint.width = r.width;
+    call.inpaint.height = r.height;
+    call.inpaint.strength = r.strength.value_or(1.0);
+  } else if (r.mode == "image-to-image") {
+    call.img2img.image = r.image;
+    call.img2img.width = r.width;
+    call.img2img.height = r.height;
+    call.img2img.strength = r.strength.value_or(0.5);
   } else {
     call.t2i.width = r.width;
     call.t2i.height = r.height;

@@ -103,8 +103,15 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
 
 // The library parameters of a request (progress and seed set by the caller as needed).
 struct GenerationCall {
-  TextToImageParams t2i;
-  InpaintParams edit;  // image-to-image or inpainting
+  TextToImageParams t2i;          // request.mode == "text-to-image"
+  ImageToImageParams img2img;     // "image-to-image"
+  InpaintParams inpaint;          // "inpaint"
+  // The parameters of the request's mode.
+  GenerationParams& common(const std::string& mode) {
+    return mode == "text-to-image"    ? static_cast<GenerationParams&>(t2i)
+           : mode == "image-to-image" ? static_cast<GenerationParams&>(img2img)
+                                      : static_cast<GenerationParams&>(inpaint);
+  }
 };
 GenerationCall to_params(const ImageRequest& request);
 

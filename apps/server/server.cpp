@@ -112,17 +112,10 @@ struct Server::Impl {
     const ProgressCallback cb = [&](const StepInfo& s) {
       return progress(s.step, s.num_steps, s.step_seconds);
     };
-    GenerationResult result;
-    if (r.mode == "text-to-image") {
-      call.t2i.progress = cb;
-      result = pipeline.text_to_image(call.t2i);
-    } else if (r.mode == "image-to-image") {
-      call.edit.progress = cb;
-      result = pipeline.image_to_image(call.edit);
-    } else {
-      call.edit.progress = cb;
-      result = pipeline.inpaint(call.edit);
-    }
+    call.common(r.mode).progress = cb;
+    const GenerationResult result = r.mode == "text-to-image"    ? pipeline.text_to_image(call.t2i)
+                                    : r.mode == "image-to-image" ? pipeline.image_to_image(call.img2img)
+                                                                 : pipeline.inpaint(call.inpaint);
     const ModelSummary& summary = pipeline.summary();
     json data = json::array();
     for (size_t i = 0; i < result.images.size(); ++i) {

@@ -37,7 +37,8 @@ const char* version();
 // Sets the number of compute threads (LibTorch's intra-op OpenMP threads); <= 0 = all physical
 // cores. Returns the number applied. OpenBLAS, when it is the BLAS, is made single-threaded and its
 // large float32 products are spread over those threads instead (one thread pool, not two competing
-// ones). Called once with 0 when the library loads a model, unless set before.
+// ones). Process-wide. A count set here is kept by later loads and trainers whose own `threads`
+// option is <= 0; without a call, loading a model applies all physical cores.
 int set_threads(int threads);
 
 }  // namespace amused

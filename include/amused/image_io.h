@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "amused/pipeline.h"
+#include "amused/image.h"
 #include "amused/png_text.h"  // read_png_text
 
 namespace amused {

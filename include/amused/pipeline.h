@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "amused/error.h"
+#include "amused/image.h"  // Image, TokenGrid
 
 namespace amused {
 
@@ -61,21 +62,6 @@ struct LoadOptions {
   bool merge_loras = true;
   // Download progress for hub repo ids: file name, bytes done, bytes total (0 if unknown).
   std::function<void(const std::string&, uint64_t, uint64_t)> download_progress;
-};
-
-// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
-struct Image {
-  int width = 0;
-  int height = 0;
-  int channels = 3;
-  std::vector<uint8_t> pixels;
-};
-
-// A grid of VQ token ids, row-major.
-struct TokenGrid {
-  int64_t height = 0;
-  int64_t width = 0;
-  std::vector<int64_t> ids;
 };
 
 // Temperature of the re-masking noise: a pair (start, end) -> linspace over the steps, a single
@@ -135,9 +121,14 @@ struct ImageToImageParams : GenerationParams {
 
 // Inpainting: regenerates the tokens under the white part of the mask (linear masking schedule,
 // scaled by the masked fraction, as the reference's inpaint pipeline).
-struct InpaintParams : ImageToImageParams {
-  Image mask;                       // grey or RGB; >= 0.5 after /255 = regenerate
-  InpaintParams() { strength = 1.0; }
+// Inpainting: regenerates the part of the image its mask marks. Its own type, not an
+// ImageToImageParams, so that it cannot be passed to image_to_image (which would drop the mask).
+struct InpaintParams : GenerationParams {
+  Image image;                      // one image, used for every prompt
+  Image mask;                       // grey or RGB, the image's aspect ratio; >= 0.5 after /255 = regenerate
+  double strength = 1.0;            // in [0, 1]; int(steps * strength) must be at least 1
+  std::optional<int> width;         // as ImageToImageParams
+  std::optional<int> height;
 };
 
 struct Timings {
@@ -186,6 +177,12 @@ struct LoraInfo {
   bool merged = false;
 };
 
+// Thread safety: a Pipeline runs one call at a time. text_to_image, image_to_image, inpaint and
+// set_lora_scale must not overlap on the same object (the server queues requests for its one
+// pipeline); summary() and loras() only read what load() and set_lora_scale wrote and may be called
+// alongside a generation. Different Pipelines may run at the same time: they share LibTorch's
+// thread pool (amused::set_threads) and the process-wide peak-memory figures of Timings.
+// Pipeline::load may be called from any thread.
 class Pipeline {
  public:
   // `model`: a diffusers folder or a hub repo id ("amused/amused-256").
@@ -207,11 +204,9 @@ class Pipeline {
   // checkpoint. Not during a call.
   void set_lora_scale(const std::string& name, double scale);
 
-  struct Impl;
-  Impl& impl() { return *impl_; }
-
  private:
-  friend struct PipelineAccess;  // the library's own constructors (in-memory components)
+  struct Impl;
+  friend struct PipelineAccess;  // the library's own constructors and tests (src/pipelines/pipeline_amused.h)
   explicit Pipeline(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -35,9 +35,5 @@ RssBreakdown rss_breakdown_mib();
 // Peak CUDA memory allocated by LibTorch's caching allocator (MiB); 0 without CUDA.
 double peak_cuda_memory_mib();
 
-// Measured dense matrix-multiply throughput (GFLOP/s) in `dtype` ("float32", "bfloat16", "float16")
-// on `device`: the best of n^3, (2n)^3 and the U-ViT's largest layer shape, over about `seconds`.
-double measure_matmul_gflops(const std::string& dtype, const std::string& device = "cpu", int n = 1024,
-                             double seconds = 3.0);
 
 }  // namespace amused

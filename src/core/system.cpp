@@ -1,13 +1,11 @@
-// Machine information, peak memory and matmul ceilings for benchmarks.
+// Machine information and peak memory for benchmarks.
 #include "amused/system.h"
 
 #include <dlfcn.h>
 #include <sys/resource.h>
 
-#include <array>
 #include <cstdlib>
 #include <cstring>
-#include <chrono>
 #include <vector>
 #include <fstream>
 #include <thread>
@@ -16,11 +14,9 @@
 #include <torch/torch.h>
 
 #include "core/threads.h"
-#include "nn/matmul.h"
 #ifdef AMUSED_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
-#include "pipelines/pipeline_amused.h"
 
 namespace amused {
 
@@ -80,34 +76,6 @@ double peak_cuda_memory_mib() {
 #else
   return 0.0;  // this LibTorch has no CUDA
 #endif
-}
-
-double measure_matmul_gflops(const std::string& dtype, const std::string& device, int n, double seconds) {
-  torch::NoGradGuard g;
-  const auto dev = parse_device(device);
-  const auto dt = parse_dtype(dtype);
-  // Square n x n products plus the U-ViT's largest layer shape (512 tokens x 1024 -> 5632, the GEGLU
-  // projection of a CFG batch): the best of them is the ceiling.
-  const std::vector<std::array<int64_t, 3>> shapes = {{n, n, n}, {2 * n, 2 * n, 2 * n}, {512, 1024, 5632}};
-  double best = 0;
-  const double per_shape = seconds / static_cast<double>(shapes.size());
-  for (const auto& [m, k, n_out] : shapes) {
-    // Through nn::linear (a times b's transpose), as the models multiply: on CPUs with OpenBLAS
-    // that is the product split across the OpenMP threads (nn/matmul.h).
-    auto a = torch::randn({m, k}).to(dev, dt);
-    auto b = torch::randn({n_out, k}).to(dev, dt);
-    auto c = nn::linear(a, b);  // warm-up
-    if (dev.is_cuda()) torch::cuda::synchronize();
-    const auto start = std::chrono::steady_clock::now();
-    do {
-      const auto t0 = std::chrono::steady_clock::now();
-      c = nn::linear(a, b);
-      if (dev.is_cuda()) torch::cuda::synchronize();
-      const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      best = std::max(best, 2.0 * m * k * static_cast<double>(n_out) / dt_s / 1e9);
-    } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < per_shape);
-  }
-  return best;
 }
 
 }  // namespace amused

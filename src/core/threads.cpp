@@ -122,6 +122,23 @@ int configure_threads(int threads) {
   return n;
 }
 
+namespace {
+std::atomic<int> g_user_threads{0};  // set by amused::set_threads(); 0 = never called
+}  // namespace
+
+int set_user_threads(int threads) {
+  const int n = configure_threads(threads);
+  g_user_threads = n;
+  return n;
+}
+
+int configure_threads_for_load(int threads) {
+  if (threads <= 0) {
+    if (const int user = g_user_threads; user > 0) return configure_threads(user);
+  }
+  return configure_threads(threads);
+}
+
 bool blas_single_threaded() { return g_blas_single_threaded; }
 
 }  // namespace amused

@@ -14,6 +14,14 @@ int physical_core_count();
 // float32 products are split across LibTorch's threads instead (nn/matmul.h says why).
 int configure_threads(int threads);
 
+// What loading a model or starting a trainer applies: `threads` when > 0; otherwise the count a
+// caller chose with amused::set_threads() before (kept, as amused.h promises); otherwise all
+// physical cores. Returns the number applied.
+int configure_threads_for_load(int threads);
+
+// amused::set_threads(): configure_threads, remembered for configure_threads_for_load.
+int set_user_threads(int threads);
+
 // Whether configure_threads() found OpenBLAS and made it single-threaded.
 bool blas_single_threaded();
 

@@ -3,5 +3,5 @@
 
 namespace amused {
 const char* version() { return AMUSED_VERSION; }
-int set_threads(int threads) { return configure_threads(threads); }
+int set_threads(int threads) { return set_user_threads(threads); }
 }  // namespace amused

@@ -322,7 +322,7 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
   if (impl->device.is_cpu() && impl->dtype == torch::kFloat16)
     throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
                       "use bfloat16 (or float32) on the CPU");
-  const int threads = configure_threads(options.threads);
+  const int threads = configure_threads_for_load(options.threads);
   AllocationScope weight_allocation(AllocationPhase::kLoadWeights);  // weights in their own mappings
 
   RepoOptions ro;

@@ -118,7 +118,15 @@ struct Pipeline::Impl {
 
   // Image-to-image and inpainting share this: encode, then noise (mask == nullptr) or mask the
   // tokens, then the denoising loop over the last int(N * strength) steps.
-  GenerationResult edit(const ImageToImageParams& params, const Image* mask);
+  // What image-to-image and inpainting share: the input image and how much of it is regenerated;
+  // `mask` null = image-to-image.
+  struct EditInput {
+    const Image& image;
+    double strength;
+    std::optional<int> width, height;
+    const Image* mask;
+  };
+  GenerationResult edit(const GenerationParams& params, const EditInput& in);
 
   void sync() const;
 
@@ -153,8 +161,10 @@ struct Pipeline::Impl {
 
 // Builds pipelines from components already in memory, e.g. the trainer's validation images drawn
 // with the model being trained (its modules are shared: put them in eval mode first).
+// Also the internals of a loaded pipeline, for tests that replay the reference step by step.
 struct PipelineAccess {
   static std::unique_ptr<Pipeline> from_components(Components components, const torch::Device& device);
+  static Pipeline::Impl& impl(Pipeline& pipeline) { return *pipeline.impl_; }
 };
 
 using Clock = std::chrono::steady_clock;

@@ -37,18 +37,19 @@ torch::Tensor mask_to_grid(const Image& mask, const Image& image, int64_t h, int
 }
 }  // namespace
 
-GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Image* mask) {
+GenerationResult Pipeline::Impl::edit(const GenerationParams& params, const EditInput& in) {
+  const Image* mask = in.mask;
   const auto t0 = Clock::now();
   validate(params);
   LoraScaleScope lora_scales(*this, params.lora_scales);
-  if (!(params.strength >= 0.0 && params.strength <= 1.0))
-    throw InvalidArgument("strength must be in [0, 1], got " + std::to_string(params.strength));
-  if (mask != nullptr && static_cast<int>(static_cast<double>(params.num_inference_steps) * params.strength) == 0)
-    throw InvalidArgument("strength " + std::to_string(params.strength) + " x " +
+  if (!(in.strength >= 0.0 && in.strength <= 1.0))
+    throw InvalidArgument("strength must be in [0, 1], got " + std::to_string(in.strength));
+  if (mask != nullptr && static_cast<int>(static_cast<double>(params.num_inference_steps) * in.strength) == 0)
+    throw InvalidArgument("strength " + std::to_string(in.strength) + " x " +
                           std::to_string(params.num_inference_steps) +
                           " steps runs no step (int(steps * strength) = 0), which would leave the masked part "
                           "unfilled: raise the strength or the steps");
-  const Image image = prepare_input_image(params.image, params.width, params.height);
+  const Image image = prepare_input_image(in.image, in.width, in.height);
   const int64_t scale = vq_scale_factor;
   const int64_t h = image.height / scale, w = image.width / scale;
   const int64_t np = static_cast<int64_t>(params.prompts.size());
@@ -59,7 +60,7 @@ GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Im
   DenoiseRequest req = prepare(params, image.width, image.height, timings);
   const int n = params.num_inference_steps;
   // int(N * strength) steps run, starting at index N - that.
-  const int steps_to_run = static_cast<int>(static_cast<double>(n) * params.strength);
+  const int steps_to_run = static_cast<int>(static_cast<double>(n) * in.strength);
   req.start_step = n - steps_to_run;
 
   at::Generator generator = make_cpu_generator(seed);
@@ -76,7 +77,7 @@ GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Im
     // The reference's inpaint pipeline switches its scheduler to the linear schedule; we do it for
     // this call only (unless the caller chose a schedule).
     if (params.masking_schedule.empty()) req.masking_schedule = "linear";
-    auto bits = mask_to_grid(*mask, params.image, h, w, device);
+    auto bits = mask_to_grid(*mask, in.image, h, w, device);
     tokens = tokens.masked_fill(bits, scheduler_config.mask_token_id);
     // float32, as the reference's mask.sum() / latents.numel()
     const float ratio = static_cast<float>(bits.sum().item<int64_t>()) / static_cast<float>(tokens.numel());
@@ -90,6 +91,8 @@ GenerationResult Pipeline::Impl::edit(const ImageToImageParams& params, const Im
   return make_result(latents, images, seed, std::move(timings));
 }
 
-GenerationResult Pipeline::image_to_image(const ImageToImageParams& params) { return impl_->edit(params, nullptr); }
+GenerationResult Pipeline::image_to_image(const ImageToImageParams& params) {
+  return impl_->edit(params, {params.image, params.strength, params.width, params.height, nullptr});
+}
 
 }  // namespace amused

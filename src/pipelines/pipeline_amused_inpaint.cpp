@@ -4,6 +4,8 @@
 
 namespace amused {
 
-GenerationResult Pipeline::inpaint(const InpaintParams& params) { return impl_->edit(params, &params.mask); }
+GenerationResult Pipeline::inpaint(const InpaintParams& params) {
+  return impl_->edit(params, {params.image, params.strength, params.width, params.height, &params.mask});
+}
 
 }  // namespace amused

@@ -218,7 +218,7 @@ class TrainerImpl final : public Trainer {
 
 TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   validate(o_);
-  configure_threads(o_.threads);
+  configure_threads_for_load(o_.threads);
   device_ = parse_device(o_.device);
   if (o_.mixed_precision == "fp16" && !device_.is_cuda())
     throw Unsupported("--mixed-precision fp16 needs a CUDA device (the CPU has no float16 matrix kernels); use bf16");

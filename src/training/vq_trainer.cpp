@@ -192,7 +192,7 @@ class VQTrainerImpl final : public VQTrainer {
 
 VQTrainerImpl::VQTrainerImpl(const VQTrainOptions& options) : o_(options) {
   validate(o_);
-  configure_threads(o_.threads);
+  configure_threads_for_load(o_.threads);
   device_ = parse_device(o_.device);
   ema_codebook_ = o_.codebook_update == "ema";
 

@@ -35,7 +35,7 @@ Fidelity replay(const json& c, const std::string& dtype) {
   amused::LoadOptions lo;
   lo.dtype = dtype;
   auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), lo);
-  auto& m = pipe->impl();
+  auto& m = amused::PipelineAccess::impl(*pipe);
   const json& t = c["teacher"];
   const json& args = c["call_args"];
   const double g = args.value("guidance_scale", 10.0);
@@ -121,7 +121,8 @@ TEST(DtypeFidelity, BFloat16DecodedImages) {
     amused::Timings t;
     amused::nn::ExecutionScope inference(amused::nn::ExecutionMode::kInference);
     auto tokens = golden_tensor(c["outputs"]["final_tokens"]);
-    auto images = pipe->impl().decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
+    auto& impl = amused::PipelineAccess::impl(*pipe);
+    auto images = impl.decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
     const double e = nmse(images, golden_tensor(c["outputs"]["images_np"]));
     EXPECT_LT(e, 1e-3) << c["id"];
   }

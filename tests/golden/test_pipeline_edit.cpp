@@ -44,16 +44,21 @@ TEST_P(PipelineEdit, MatchesReference) {
   const json& c = golden_case(GetParam());
   const json& args = c["call_args"];
   auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), reference_options());
-  amused::InpaintParams p;
-  fill_common(p, args);
-  p.image = image_from(golden_tensor(c["inputs"]["image_uint8"]));
+  const amused::Image image = image_from(golden_tensor(c["inputs"]["image_uint8"]));
   const bool inpaint = c["kind"] == "pipeline_inpaint";
-  p.strength = args.value("strength", inpaint ? 1.0 : 0.5);
   amused::GenerationResult r;
   if (inpaint) {
+    amused::InpaintParams p;
+    fill_common(p, args);
+    p.image = image;
+    p.strength = args.value("strength", 1.0);
     p.mask = mask_from(golden_tensor(c["inputs"]["mask_image"]));
     r = pipe->inpaint(p);
   } else {
+    amused::ImageToImageParams p;
+    fill_common(p, args);
+    p.image = image;
+    p.strength = args.value("strength", 0.5);
     r = pipe->image_to_image(p);
   }
   ASSERT_TRUE(matches_descriptor(tokens_tensor(r.tokens), c["outputs"]["final_tokens"], "final_tokens"));
@@ -71,7 +76,7 @@ TEST(PipelineEditLazyEncoder, LoadedOnFirstEditOnly) {
   const json& c = cases.front();
   const json& args = c["call_args"];
   auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), reference_options());
-  auto& m = pipe->impl();
+  auto& m = amused::PipelineAccess::impl(*pipe);
   EXPECT_TRUE(static_cast<bool>(m.vq_encoder_loader));
   amused::TextToImageParams t2i;
   t2i.prompts = {"a red fox"};
@@ -91,7 +96,7 @@ TEST(PipelineEditLazyEncoder, LoadedOnFirstEditOnly) {
   bf16.dtype = "bfloat16";
   auto mixed = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), bf16);
   mixed->image_to_image(p);
-  for (const auto& item : mixed->impl().vqvae->named_parameters()) {
+  for (const auto& item : amused::PipelineAccess::impl(*mixed).vqvae->named_parameters()) {
     const std::string& key = item.key();
     const torch::Tensor& param = item.value();
     const bool matrix = param.dim() >= 2 && key.rfind("quantize.", 0) != 0;

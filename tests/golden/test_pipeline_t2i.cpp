@@ -59,7 +59,8 @@ TEST_P(PipelineT2I, MatchesReference) {
   // The float images: decode the final tokens through the same decoder the pipeline uses.
   amused::Timings t;
   torch::NoGradGuard g;
-  auto images = pipe->impl().decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
+  auto& impl = amused::PipelineAccess::impl(*pipe);
+  auto images = impl.decode(tokens, t).permute({0, 2, 3, 1});  // [B, 3, H, W] -> [B, H, W, 3]
   EXPECT_TRUE(matches_descriptor(images, c["outputs"]["images_np"], "images_np"));
   EXPECT_EQ(result.seed, c["call_args"]["generator"].get<uint64_t>());
   EXPECT_EQ(result.timings.step_s.size(), static_cast<size_t>(c["num_steps_run"].get<int>()));

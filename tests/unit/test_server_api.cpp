@@ -452,13 +452,16 @@ TEST(ServerApi, ToParamsMatchesTheCli) {
   e.mode = "image-to-image";
   e.prompt = "p";
   e.image = solid(16, 16, 3);
-  EXPECT_EQ(amused::server::to_params(e).edit.strength, 0.5);
+  EXPECT_EQ(amused::server::to_params(e).img2img.strength, 0.5);
+  EXPECT_EQ(amused::server::to_params(e).img2img.image.width, 16);
   e.mode = "inpaint";
   e.mask = solid(16, 16, 255);
-  EXPECT_EQ(amused::server::to_params(e).edit.strength, 1.0);
-  EXPECT_EQ(amused::server::to_params(e).edit.mask.width, 16);
+  EXPECT_EQ(amused::server::to_params(e).inpaint.strength, 1.0);
+  EXPECT_EQ(amused::server::to_params(e).inpaint.mask.width, 16);
+  EXPECT_EQ(amused::server::to_params(e).inpaint.image.width, 16);
+  EXPECT_EQ(amused::server::to_params(e).inpaint.prompts, std::vector<std::string>{"p"});
   e.strength = 0.25;
-  EXPECT_EQ(amused::server::to_params(e).edit.strength, 0.25);
+  EXPECT_EQ(amused::server::to_params(e).inpaint.strength, 0.25);
 }
 
 TEST(ServerApi, PngMetadataHasTheCliKeys) {
