@@ -27,6 +27,7 @@ struct ServeArgs {
   int threads = 0;
   bool offline = false;
   std::vector<std::string> loras;
+  std::string model_id, cors_origin;
 };
 
 // SIGINT/SIGTERM -> one byte on a pipe, read by a watcher thread (a signal handler may do little
@@ -88,6 +89,8 @@ int run(const ServeArgs& given) {
   so.max_queue = static_cast<size_t>(a.max_queue);
   so.api_key = a.api_key;
   so.model = a.model;
+  so.model_id = a.model_id;
+  so.cors_origin = a.cors_origin;
   so.dtype = a.dtype;
   so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
   so.max_side = a.max_side;
@@ -97,8 +100,10 @@ int run(const ServeArgs& given) {
   amused::server::Server server(*pipe, so);
   const int port = server.bind();
   const auto& s = pipe->summary();
-  std::fprintf(stderr, "amused serve: %s (%s, %s) loaded in %.2f s; listening on http://%s:%d%s\n",
-               a.model.c_str(), s.device.c_str(), s.dtype.c_str(), s.load_seconds, a.host.c_str(),
+  const std::string id = a.model_id.empty() ? amused::server::model_id_for(a.model) : a.model_id;
+  std::fprintf(stderr,
+               "amused serve: %s (model id '%s', %s, %s) loaded in %.2f s; listening on http://%s:%d%s\n",
+               a.model.c_str(), id.c_str(), s.device.c_str(), s.dtype.c_str(), s.load_seconds, a.host.c_str(),
                port, a.api_key.empty() ? "" : " (API key required)");
   std::fflush(stderr);
 
@@ -149,6 +154,12 @@ amused::cli::Registrar reg(
                      "LoRA adapter FILE[:SCALE] loaded at start (repeatable; requests scale them by name with "
                      "\"loras\": {\"NAME\": SCALE}, NAME = the file's stem)");
       sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");
+      sub.add_option("--model-id", a->model_id,
+                     "The model's name in /v1/models and responses (default: the model folder's name, or "
+                     "the hub repo id)");
+      sub.add_option("--cors-origin", a->cors_origin,
+                     "Let browser pages from this origin (e.g. https://app.example, or *) call the API: CORS "
+                     "headers and preflight answers (off by default)");
       return std::function<int()>([a] { return run(*a); });
     });
 

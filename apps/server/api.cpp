@@ -54,9 +54,20 @@ std::string fmt(double v) {
   return s.str();
 }
 
+// A whole number too large for 64 bits, which the JSON parser stores as a float (2^64 for a
+// seed): out of range, not of the wrong type.
+bool huge_whole_number(const json& v) {
+  if (!v.is_number_float()) return false;
+  const double d = v.get<double>();
+  return std::isfinite(d) && d == std::floor(d) && std::fabs(d) >= 9.2e18;
+}
+
 // A JSON integer in [lo, hi].
 std::optional<ApiError> get_int(const json& v, const std::string& param, int64_t lo, int64_t hi,
                                 int& out) {
+  if (huge_whole_number(v))
+    return invalid(param, "'" + param + "' must be between " + std::to_string(lo) + " and " +
+                              std::to_string(hi) + ", got " + v.dump());
   if (!v.is_number_integer()) return wrong_type(param, "an integer", v);
   const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(hi) &&
                                                      static_cast<int64_t>(v.get<uint64_t>()) >= lo
@@ -267,6 +278,8 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
     return e;
   if (has("seed")) {
     const json& s = j.at("seed");
+    if (huge_whole_number(s))
+      return invalid("seed", "'seed' must be between 0 and 18446744073709551615, got " + s.dump());
     if (!s.is_number_integer()) return wrong_type("seed", "an integer", s);
     if (!s.is_number_unsigned())
       return invalid("seed", "'seed' must be between 0 and 18446744073709551615, got " + s.dump());
@@ -460,14 +473,51 @@ std::string utf8_sanitized(const std::string& s) {
   return out;
 }
 
+namespace {
+// What is wrong with a JSON body, in our words and with the byte where it went wrong (the
+// library's message names its own internals: "[json.exception.parse_error.101] ...").
+std::string json_error_reason(const json::parse_error& e) {
+  std::string what = e.what();
+  std::string reason = "syntax error";
+  if (const size_t dash = what.find(" - "); dash != std::string::npos) reason = what.substr(dash + 3);
+  if (const size_t last = reason.find("; last read:"); last != std::string::npos)
+    reason.resize(last);
+  if (reason.find("surrogate") != std::string::npos)
+    reason = "a \\u escape is an unpaired UTF-16 surrogate (\\uD800 to \\uDBFF must be followed by "
+             "\\uDC00 to \\uDFFF)";
+  return utf8_sanitized(reason.substr(0, 200)) + " (at byte " + std::to_string(e.byte) + ")";
+}
+}  // namespace
+
 Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoint,
                                         const RequestLimits& limits) {
   json j;
+  // Duplicate keys are refused, as duplicate multipart fields are (the JSON library would keep
+  // the last one silently).
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  const json::parser_callback_t on_event = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == json::parse_event_t::key && duplicate.empty() && !keys.empty() &&
+               parsed.is_string() && !keys.back().insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    j = json::parse(body);
-  } catch (const json::exception& e) {
-    return invalid("", std::string("the request body is not valid JSON: ") + e.what(),
+    j = json::parse(body, on_event);
+  } catch (const json::parse_error& e) {
+    return invalid("", "the request body is not valid JSON: " + json_error_reason(e),
                    "invalid_json");
+  } catch (const json::exception& e) {
+    return invalid("", "the request body is not valid JSON", "invalid_json");
+  }
+  if (!duplicate.empty()) {
+    const std::string name = utf8_sanitized(duplicate.substr(0, 64));
+    return invalid(name, "'" + name + "' is given more than once", "duplicate_parameter");
   }
   if (!j.is_object())
     return invalid("", "the request body must be a JSON object, got " + type_name(j),
@@ -505,16 +555,23 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
                          (f.name.size() > 64 ? "...'" : "'") +
                          " (field names are the JSON body's parameter names)",
                      "unknown_parameter");
-    if (!seen.insert(f.name).second)
-      return invalid(f.name, "'" + f.name + "' is given more than once", "duplicate_parameter");
-    if (f.name == "image" || f.name == "mask") {
+    // The OpenAI SDK sends an array of images as "image[]"; this server edits one image.
+    const bool image_array = f.name == "image[]";
+    if (!seen.insert(image_array ? std::string("image") : f.name).second)
+      return invalid(f.name,
+                     f.name == "image" || image_array
+                         ? "one 'image' per request: several were sent (this server edits one image)"
+                         : "'" + f.name + "' is given more than once",
+                     "duplicate_parameter");
+    if (f.name == "image" || f.name == "mask" || image_array) {
       if (endpoint == Endpoint::Generations)
         return invalid(f.name, "'" + f.name + "' is not accepted by /v1/images/generations",
                        "unknown_parameter");
-      (f.name == "image" ? image : mask) = f.content;
+      const bool is_image = f.name != "mask";
+      (is_image ? image : mask) = f.content;
       std::string name = f.filename.empty() ? f.name : f.filename;
       if (!is_valid_utf8(name) || name.size() > 255) name = f.name;
-      (f.name == "image" ? image_name : mask_name) = name;
+      (is_image ? image_name : mask_name) = name;
       continue;
     }
     if (!is_valid_utf8(f.content))
@@ -595,6 +652,12 @@ GenerationCall to_params(const ImageRequest& r) {
     call.t2i.height = r.height;
   }
   return call;
+}
+
+int steps_to_run(const ImageRequest& r) {
+  if (r.mode == "text-to-image") return r.steps;
+  const double strength = r.strength.value_or(r.mode == "inpaint" ? 1.0 : 0.5);
+  return static_cast<int>(static_cast<double>(r.steps) * strength);  // the pipelines' int(steps * strength)
 }
 
 TextChunks png_metadata(const ImageRequest& r, const GenerationResult& result, size_t index,

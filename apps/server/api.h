@@ -115,6 +115,10 @@ struct GenerationCall {
 };
 GenerationCall to_params(const ImageRequest& request);
 
+// The denoising steps a request runs: `steps` for text-to-image, int(steps * strength) for edits
+// (what a job's progress counts and a response's "steps" reports).
+int steps_to_run(const ImageRequest& request);
+
 // The PNG text chunks of image `index` of a result, key for key as `amused generate` writes them.
 // `model` is the -m argument, `default_masking_schedule` the model's, `dtype` the load dtype.
 TextChunks png_metadata(const ImageRequest& request, const GenerationResult& result, size_t index,

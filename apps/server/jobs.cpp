@@ -99,7 +99,7 @@ std::shared_ptr<Job> JobQueue::submit(ImageRequest request, bool async,
   job->async = async;
   job->created = unix_now();
   job->client_alive = std::move(client_alive);
-  job->num_steps = job->request.steps;
+  job->num_steps = steps_to_run(job->request);
   queue_.push_back(job);
   if (async) jobs_[job->id] = job;
   ++stats_.submitted;

@@ -2,12 +2,16 @@
 // synchronous and asynchronous generation through the JobQueue, metrics, and request logging.
 #include "server/server.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 
 #include "amused/amused.h"
@@ -67,7 +71,40 @@ bool same_secret(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
+// The key of an Authorization header whose scheme is Bearer (case-insensitive, RFC 7235), else
+// nullopt.
+std::optional<std::string> bearer_token(const std::string& auth) {
+  const size_t space = auth.find(' ');
+  if (space == std::string::npos || space != 6) return std::nullopt;
+  for (size_t i = 0; i < 6; ++i)
+    if (std::tolower(static_cast<unsigned char>(auth[i])) != "bearer"[i]) return std::nullopt;
+  const size_t key = auth.find_first_not_of(' ', space);
+  if (key == std::string::npos) return std::nullopt;
+  return auth.substr(key);
+}
+
+// Retry-After with jitter: a burst of refused clients should not all come back in the same second.
+int with_jitter(int seconds) {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  const int spread = std::max(1, seconds / 2);
+  return seconds + std::uniform_int_distribution<int>(0, spread)(rng);
+}
+
 }  // namespace
+
+std::string model_id_for(const std::string& model) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(model, ec)) return model;
+  fs::path p = fs::path(model).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "models/amused-emoji/"
+  std::string name = p.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    const fs::path abs = fs::weakly_canonical(fs::path(model), ec);
+    name = ec ? std::string() : abs.filename().string();
+  }
+  return name.empty() ? model : name;
+}
 
 struct Server::Impl {
   Pipeline& pipeline;
@@ -85,6 +122,7 @@ struct Server::Impl {
   std::mutex log_mu;
 
   Impl(Pipeline& p, ServerOptions o) : pipeline(p), options(std::move(o)) {
+    if (options.model_id.empty()) options.model_id = model_id_for(options.model);
     const ModelSummary& s = pipeline.summary();
     options.limits.vq_scale_factor = s.vq_scale_factor > 0 ? s.vq_scale_factor : 1;
     options.limits.default_width = s.default_width;
@@ -128,11 +166,11 @@ struct Server::Impl {
     return {{"created", unix_now()},
             {"data", data},
             {"seed", result.seed},
-            {"model", options.model},
+            {"model", options.model_id},
             {"mode", r.mode},
             {"width", result.images.empty() ? 0 : result.images[0].width},
             {"height", result.images.empty() ? 0 : result.images[0].height},
-            {"steps", r.steps},
+            {"steps", steps_to_run(r)},  // run: int(steps * strength) for edits
             {"timings",
              {{"text_encoder_s", t.text_encoder_s},
               {"transformer_s", t.transformer_s},
@@ -163,7 +201,7 @@ struct Server::Impl {
                  error_of(503, "server_error", "shutting_down", "the server is shutting down"));
       return;
     }
-    const int retry = queue->retry_after_seconds();
+    const int retry = with_jitter(queue->retry_after_seconds());
     res.set_header("Retry-After", std::to_string(retry));
     send_error(res, error_of(429, "rate_limit_exceeded", "queue_full",
                              "the queue is full (" + std::to_string(options.max_queue) +
@@ -265,7 +303,7 @@ struct Server::Impl {
   void health(httplib::Response& res) {
     const QueueStats s = queue->stats();
     json j = {{"status", stopping ? "shutting_down" : "ok"},
-              {"model", options.model},
+              {"model", options.model_id},
               {"queue_length", s.queued},
               {"running", s.running},
               {"uptime_s", std::chrono::duration<double>(Clock::now() - started).count()}};
@@ -273,9 +311,23 @@ struct Server::Impl {
   }
 
   void models(httplib::Response& res) {
+    send_json(res, 200, {{"object", "list"}, {"data", json::array({model_object()})}});
+  }
+
+  // GET /v1/models/{id} (the OpenAI SDK's models.retrieve): this server's model by its id (or by
+  // the -m argument), else 404.
+  void model(const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1];
+    if (id == options.model_id || id == options.model) return send_json(res, 200, model_object());
+    send_error(res, error_of(404, "invalid_request_error", "model_not_found",
+                             "no model '" + id + "' here; this server serves '" + options.model_id +
+                                 "' (GET /v1/models)"));
+  }
+
+  json model_object() const {
     const ModelSummary& s = pipeline.summary();
-    json m = {
-        {"id", options.model},
+    return {
+        {"id", options.model_id},
         {"object", "model"},
         {"created", created},
         {"owned_by", "amused.cpp"},
@@ -284,7 +336,6 @@ struct Server::Impl {
         {"device", s.device},
         {"dtype", s.dtype},
         {"masking_schedule", s.masking_schedule}};
-    send_json(res, 200, {{"object", "list"}, {"data", json::array({m})}});
   }
 
   void metrics(const httplib::Request& req, httplib::Response& res) {
@@ -369,6 +420,15 @@ struct Server::Impl {
     // Rejected before the body is read (it could be unbounded or a decompression bomb).
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       t_request_start = Clock::now();
+      // CORS preflight (only when --cors-origin is set): answered before authentication, as
+      // browsers send it without credentials.
+      if (!options.cors_origin.empty() && req.method == "OPTIONS") {
+        res.status = 204;
+        res.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+        res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+        res.set_header("Access-Control-Max-Age", "600");
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (req.has_header("Transfer-Encoding")) {
         reject_before_body(
             req, res,
@@ -424,6 +484,10 @@ struct Server::Impl {
             case 413:
               e = too_large();
               break;
+            case 414:
+              e = error_of(414, "invalid_request_error", "uri_too_long",
+                           "the request line is too long (paths and query strings are short here)");
+              break;
             case 400:
               e = error_of(400, "invalid_request_error", "bad_request",
                            "malformed HTTP request (or multipart body)");
@@ -436,6 +500,21 @@ struct Server::Impl {
           send_error(res, e);
           return httplib::Server::HandlerResponse::Handled;
         }));
+
+    // CORS headers on every response, when asked for.
+    http.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (options.cors_origin.empty()) return;
+      const std::string origin = req.get_header_value("Origin");
+      if (options.cors_origin == "*") {
+        res.set_header("Access-Control-Allow-Origin", "*");
+      } else if (origin == options.cors_origin) {
+        res.set_header("Access-Control-Allow-Origin", origin);
+        res.set_header("Vary", "Origin");
+      } else {
+        return;
+      }
+      res.set_header("Access-Control-Expose-Headers", "Location, Retry-After");
+    });
 
     http.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -483,6 +562,7 @@ struct Server::Impl {
     };
     http.Get("/health", [this](const Req&, Res& res) { health(res); });
     http.Get("/v1/models", guard([this](const Req&, Res& res) { models(res); }));
+    http.Get("/v1/models/(.+)", guard([this](const Req& req, Res& res) { model(req, res); }));
     http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
     http.Post("/v1/images/generations", guard([this](const Req& req, Res& res) {
                 images_sync(req, res, Endpoint::Generations);
@@ -506,9 +586,7 @@ struct Server::Impl {
   std::optional<ApiError> auth_error(const httplib::Request& req) const {
     if (options.api_key.empty() || req.path == "/health") return std::nullopt;
     const std::string auth = req.get_header_value("Authorization");
-    const std::string prefix = "Bearer ";
-    if (auth.compare(0, prefix.size(), prefix) == 0 &&
-        same_secret(auth.substr(prefix.size()), options.api_key))
+    if (const auto key = bearer_token(auth); key && same_secret(*key, options.api_key))
       return std::nullopt;
     return error_of(
         401, "invalid_request_error", "invalid_api_key",

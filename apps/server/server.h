@@ -16,7 +16,12 @@ struct ServerOptions {
   int port = 8080;                // 0: any free port (Server::bind returns it)
   size_t max_queue = 8;           // jobs waiting behind the running one; more: 429
   std::string api_key;            // non-empty: every endpoint but /health needs "Bearer KEY"
-  std::string model;              // the -m argument (PNG metadata, /v1/models)
+  std::string model;              // the -m argument (PNG metadata, as `amused generate` writes it)
+  // The name clients see in /v1/models and the "model" of responses; empty: model_id_for(model).
+  std::string model_id;
+  // Non-empty: browsers on this origin ("*": any) may call the API (CORS headers, preflight
+  // answered without the API key). Empty (default): no CORS headers.
+  std::string cors_origin;
   std::string dtype = "float32";  // the load dtype (PNG metadata)
   size_t max_body_bytes = 32u << 20;
   int max_side = 0;                // largest output width/height; 0: twice the model's default
@@ -24,6 +29,10 @@ struct ServerOptions {
   double keep_job_seconds = 3600;
   RequestLimits limits;  // vq_scale_factor and default size are taken from the model
 };
+
+// The model id a server shows for its -m argument: a folder's name ("amused-emoji" for
+// models/amused-emoji/), not its path on the server; a hub repo id as it is ("amused/amused-256").
+std::string model_id_for(const std::string& model);
 
 class Server {
  public:

@@ -3,11 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <random>
+
+#include <unistd.h>
 
 #include "amused/image_io.h"
 #include "server/api.h"
 #include "server/base64.h"
+#include "server/server.h"
 
 using amused::Image;
 using amused::server::ApiError;
@@ -580,3 +584,86 @@ TEST(ServerApi, LoraScalesPerRequest) {
   EXPECT_EQ(gen_err(R"({"prompt": "p", "loras": {"": 1}})").param, "loras");
 }
 }  // namespace
+
+// The id clients see for the served model: a folder's name, never the server's path to it.
+TEST(ServerApi, ModelIdIsTheFolderNameNotThePath) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("amused-model-id-" + std::to_string(::getpid()));
+  fs::create_directories(root / "amused-emoji");
+  EXPECT_EQ(amused::server::model_id_for((root / "amused-emoji").string()), "amused-emoji");
+  EXPECT_EQ(amused::server::model_id_for((root / "amused-emoji").string() + "/"), "amused-emoji");
+  EXPECT_EQ(amused::server::model_id_for((root / "amused-emoji" / ".").string()), "amused-emoji");
+  // Not a folder here: a hub repo id, shown as it is.
+  EXPECT_EQ(amused::server::model_id_for("amused/amused-256"), "amused/amused-256");
+  fs::remove_all(root);
+}
+
+// Issue 19, misleading errors: each of these used to get a message about something else.
+TEST(ServerApi, ErrorsSayWhatIsWrong) {
+  // A seed of 2^64 is out of range (the JSON parser stores it as a float), not "not an integer".
+  ApiError e = gen_err(R"({"prompt": "p", "seed": 18446744073709551616})");
+  EXPECT_EQ(e.code, "invalid_value");
+  EXPECT_NE(e.message.find("between 0 and 18446744073709551615"), std::string::npos) << e.message;
+  e = gen_err(R"({"prompt": "p", "steps": 100000000000000000000})");
+  EXPECT_EQ(e.code, "invalid_value");
+  EXPECT_EQ(gen_err(R"({"prompt": "p", "steps": 2.5})").code, "invalid_type");  // still a type error
+
+  // A lone UTF-16 surrogate: our words, not the JSON library's internals.
+  e = gen_err(R"({"prompt": "\ud800"})");
+  EXPECT_EQ(e.code, "invalid_json");
+  EXPECT_NE(e.message.find("surrogate"), std::string::npos) << e.message;
+  EXPECT_EQ(e.message.find("json.exception"), std::string::npos) << e.message;
+  e = gen_err(R"({"prompt": "p",)");
+  EXPECT_EQ(e.code, "invalid_json");
+  EXPECT_EQ(e.message.find("json.exception"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("at byte"), std::string::npos) << e.message;
+
+  // Duplicate JSON keys are refused as duplicate multipart fields are (not last-one-wins).
+  e = gen_err(R"({"prompt": "a", "seed": 1, "prompt": "b"})");
+  EXPECT_EQ(e.code, "duplicate_parameter");
+  EXPECT_EQ(e.param, "prompt");
+  EXPECT_EQ(gen_err(R"({"prompt": "a", "loras": {"x": 1, "x": 2}})").code, "duplicate_parameter");
+  // The same key in different objects is fine.
+  EXPECT_EQ(gen_ok(R"({"prompt": "a", "loras": {"prompt": 1}})").prompt, "a");
+}
+
+// The OpenAI SDK sends an array of images as "image[]": one is an image; several are refused as
+// such (they used to be reported as "'image[]' is not valid UTF-8").
+TEST(ServerApi, MultipartImageArrayField) {
+  const std::string image = png_of(solid(64, 32, 100));
+  auto parse = [](const std::vector<FormField>& f) {
+    return amused::server::parse_multipart_request(f, Endpoint::Edits, limits());
+  };
+  const ImageRequest r = ok(parse({{"image[]", image, "in.png", "image/png"}, {"prompt", "p", "", ""}}));
+  EXPECT_EQ(r.mode, "image-to-image");
+  EXPECT_EQ(r.image.width, 64);
+  EXPECT_EQ(r.image_name, "in.png");
+  const ApiError e = err(parse({{"image[]", image, "a.png", "image/png"},
+                                {"image[]", image, "b.png", "image/png"},
+                                {"prompt", "p", "", ""}}));
+  EXPECT_EQ(e.code, "duplicate_parameter");
+  EXPECT_NE(e.message.find("one 'image' per request"), std::string::npos) << e.message;
+  EXPECT_EQ(err(parse({{"image", image, "a.png", "image/png"},
+                       {"image[]", image, "b.png", "image/png"},
+                       {"prompt", "p", "", ""}}))
+                .code,
+            "duplicate_parameter");
+}
+
+// The steps a request runs, as job progress and responses report them: a queued edit and a
+// running one agree, and strength 0.01 reports the 0 steps it runs (it said 12).
+TEST(ServerApi, StepsToRunCountEditsLikeThePipeline) {
+  ImageRequest r;
+  r.steps = 12;
+  r.mode = "text-to-image";
+  EXPECT_EQ(amused::server::steps_to_run(r), 12);
+  r.mode = "image-to-image";
+  EXPECT_EQ(amused::server::steps_to_run(r), 6);  // default strength 0.5
+  r.strength = 0.01;
+  EXPECT_EQ(amused::server::steps_to_run(r), 0);
+  r.mode = "inpaint";
+  r.strength.reset();
+  EXPECT_EQ(amused::server::steps_to_run(r), 12);  // default strength 1.0
+  r.strength = 0.3;
+  EXPECT_EQ(amused::server::steps_to_run(r), 3);
+}

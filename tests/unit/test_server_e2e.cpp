@@ -13,6 +13,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "amused/image_io.h"
@@ -213,8 +214,18 @@ TEST(ServerE2E, EndpointsAndCliParity) {
   const json models = body_of(c->Get("/v1/models"));
   ASSERT_EQ(models["object"], "list");
   ASSERT_EQ(models["data"].size(), 1u);
-  EXPECT_EQ(models["data"][0]["id"], tiny_model());
+  // The model's id is its folder's name, not the server's path to it (issue 19).
+  EXPECT_EQ(models["data"][0]["id"], "tiny-a");
   EXPECT_EQ(models["data"][0]["object"], "model");
+  // GET /v1/models/{id}, as the OpenAI SDK's models.retrieve; an unknown id is a JSON 404.
+  const json one = body_of(c->Get("/v1/models/tiny-a"));
+  EXPECT_EQ(one["id"], "tiny-a");
+  EXPECT_EQ(one["object"], "model");
+  expect_error(c->Get("/v1/models/dall-e-3"), 404, "model_not_found", "unknown model id");
+  // No CORS headers unless --cors-origin asks for them.
+  auto plain = c->Get("/health", {{"Origin", "https://app.example"}});
+  ASSERT_TRUE(plain);
+  EXPECT_FALSE(plain->has_header("Access-Control-Allow-Origin"));
 
   // Text-to-image: the same seed and parameters as the CLI give the same PNG.
   auto r = c->Post("/v1/images/generations",
@@ -373,6 +384,9 @@ TEST(ServerE2E, ErrorsAreJsonAndNeverFatal) {
                413, "payload_too_large", "oversized body");
   // Unknown routes and jobs.
   expect_error(c->Get("/v1/nothing"), 404, "not_found", "unknown route");
+  // An over-long request line: a documented code (it was "http_414").
+  expect_error(server.client()->Get(("/v1/" + std::string(9000, 'a')).c_str()), 414, "uri_too_long",
+               "long URI");
   expect_error(c->Get("/v1/jobs/job_0000000000000000"), 404, "job_not_found", "unknown job");
   expect_error(c->Get("/v1/jobs/job_0000000000000000/result"), 404, "job_not_found",
                "unknown job result");
@@ -403,6 +417,14 @@ TEST(ServerE2E, ApiKey) {
       c->Post("/v1/images/generations", R"({"prompt": "x", "steps": 1})", "application/json"), 401,
       "invalid_api_key", "generation without key");
   expect_error(c->Get("/metrics"), 401, "invalid_api_key", "metrics without key");
+  // The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" work as "Bearer".
+  for (const char* scheme : {"bearer s3cret", "BEARER s3cret", "Bearer  s3cret"}) {
+    r = c->Get("/v1/models", {{"Authorization", scheme}});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << scheme << ": " << r->body;
+  }
+  expect_error(c->Get("/v1/models", {{"Authorization", "Bearers3cret"}}), 401, "invalid_api_key",
+               "no space after the scheme");
   c->set_bearer_token_auth("s3cret");
   r = c->Get("/v1/models");
   ASSERT_TRUE(r);
@@ -441,6 +463,15 @@ TEST(ServerE2E, CancelAndFullQueue) {
   r = c->Post("/v1/images/generations", json({{"prompt", "refused"}}).dump(), "application/json");
   expect_error(r, 429, "queue_full", "full queue (sync)");
   EXPECT_TRUE(r && r->has_header("Retry-After"));
+  // Retry-After has jitter, so that a burst of refused clients does not come back in lockstep.
+  std::set<std::string> retry_afters;
+  for (int i = 0; i < 24; ++i) {
+    r = c->Post("/v1/jobs", json({{"prompt", "refused"}}).dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 429) << r->body;
+    retry_afters.insert(r->get_header_value("Retry-After"));
+  }
+  EXPECT_GE(retry_afters.size(), 2u) << "24 refusals, all with the same Retry-After";
   expect_error(c->Get(("/v1/jobs/" + a + "/result").c_str()), 409, "job_not_finished",
                "result of a running job");
 
@@ -541,5 +572,38 @@ TEST(ServerE2E, BurstOfConcurrentClients) {
   const json m = body_of(c->Get("/metrics?format=json"));
   EXPECT_EQ(m["jobs"]["succeeded"], kClients * kRequests);
   EXPECT_EQ(m["queue"]["length"], 0);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// --cors-origin: browser pages on that origin may call the API; the preflight is answered without
+// the API key (browsers send none); other origins get no CORS headers.
+TEST(ServerE2E, CorsWhenAsked) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--cors-origin", "https://app.example", "--api-key", "k",
+                       "--model-id", "emoji"});
+  auto c = server.client();
+  const httplib::Headers from_app = {{"Origin", "https://app.example"},
+                                     {"Access-Control-Request-Method", "POST"}};
+  auto r = c->Options("/v1/images/generations", from_app);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 204) << r->body;
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+  EXPECT_NE(r->get_header_value("Access-Control-Allow-Headers").find("Authorization"), std::string::npos);
+  EXPECT_NE(r->get_header_value("Access-Control-Allow-Methods").find("POST"), std::string::npos);
+
+  r = c->Get("/v1/models", {{"Origin", "https://app.example"}, {"Authorization", "Bearer k"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+  EXPECT_EQ(body_of(r)["data"][0]["id"], "emoji");  // --model-id
+  // Errors carry the header too, or the page could not read them.
+  r = c->Get("/v1/models", {{"Origin", "https://app.example"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(r->get_header_value("Access-Control-Allow-Origin"), "https://app.example");
+
+  r = c->Get("/health", {{"Origin", "https://elsewhere.example"}});
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->has_header("Access-Control-Allow-Origin"));
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
