@@ -1,4 +1,5 @@
 #include "core/config.h"
+#include "core/files.h"
 
 #include <fstream>
 #include <limits>
@@ -69,10 +70,10 @@ json parse_json_text(std::string_view text, const std::string& source) {
 
 json read_json_file(const std::filesystem::path& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))
-    throw ConfigError("config file '" + path.string() + "' is a folder, expected a JSON file");
+  if (const std::string problem = input_file_problem(path); !problem.empty())
+    throw ConfigError("config file '" + path.string() + "' " + problem);
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError("config file '" + path.string() + "' not found");
+  if (!in) throw ConfigError("config file '" + path.string() + "' cannot be read");
   const auto size = std::filesystem::file_size(path, ec);
   if (!ec && size > kMaxJsonFileBytes)
     throw ConfigError("config file '" + path.string() + "' is " + std::to_string(size) +

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "amused/error.h"
+#include "core/files.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "io/hf_hub.h"
@@ -36,12 +37,15 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
   return out;
 }
 
-// Files (and symlinks to files, as in the hub cache) directly inside `dir`.
+// Everything but folders directly inside `dir`: files, symlinks to files (as in the hub cache),
+// and what only looks like a file (a FIFO, a broken link), which the loaders then refuse by name.
 std::set<std::string> list_files(const fs::path& dir) {
   std::set<std::string> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_regular_file(ec)) out.insert(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::error_code dec;
+    if (!e.is_directory(dec)) out.insert(e.path().filename().string());
+  }
   return out;
 }
 
@@ -277,6 +281,9 @@ DiffusersRepo DiffusersRepo::open(const std::string& model, const RepoOptions& o
         "' does not exist (expected a diffusers folder, or a hub repo id like amused/amused-256)");
   }
   const fs::path index = repo.root_ / "model_index.json";
+  if (const std::string problem = input_file_problem(index);
+      !problem.empty() && !is_absent_problem(problem))
+    throw ConfigError("'" + index.string() + "' " + problem);
   if (!fs::is_regular_file(index, ec))
     throw ConfigError(
         "'" + repo.root_.string() +
@@ -324,9 +331,12 @@ fs::path DiffusersRepo::component_config_path(const std::string& name) const {
   if (ends_with(cls, "Scheduler")) candidates = {"scheduler_config.json", "config.json"};
   if (cls.find("Tokenizer") != std::string::npos)
     candidates = {"tokenizer_config.json", "config.json"};
-  std::error_code ec;
-  for (const auto& c : candidates)
-    if (fs::is_regular_file(dir / c, ec)) return dir / c;
+  for (const auto& c : candidates) {
+    const std::string problem = input_file_problem(dir / c);
+    if (problem.empty()) return dir / c;
+    if (!is_absent_problem(problem))
+      throw ConfigError("config file '" + (dir / c).string() + "' " + problem);
+  }
   throw ConfigError("'" + dir.string() + "' has no " + join(candidates, " or ") +
                     (from_hub_ ? " (incomplete download? run again without --offline)" : ""));
 }
@@ -352,11 +362,12 @@ std::vector<fs::path> folder_weight_files(const fs::path& dir, const std::string
   const fs::path index_path = dir / chosen.front();
   const auto shards = hub::read_shard_index(index_path);
   std::vector<fs::path> out;
-  std::error_code ec;
   for (const auto& s : shards) {
-    if (!fs::is_regular_file(dir / s, ec))
+    if (const std::string problem = input_file_problem(dir / s); is_absent_problem(problem))
       throw CheckpointError("shard '" + (dir / s).string() + "' listed in '" + index_path.string() +
                             "' is missing (incomplete download or copy?)");
+    else if (!problem.empty())
+      throw CheckpointError("shard '" + (dir / s).string() + "' " + problem);
     out.push_back(dir / s);
   }
   return out;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "amused/error.h"
+#include "core/files.h"
 #include "amused/image_io.h"
 
 namespace amused {
@@ -41,12 +42,10 @@ void check_dimensions(int64_t w, int64_t h, const fs::path& path) {
 
 std::string read_all(const fs::path& path) {
   std::error_code ec;
-  if (fs::is_directory(path, ec)) throw IoError("image '" + path.string() + "' is a folder, expected a file");
+  if (const std::string problem = input_file_problem(path); !problem.empty())
+    throw IoError("image '" + path.string() + "' " + problem);
   std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (!fs::exists(path, ec)) throw IoError("image '" + path.string() + "' does not exist");
-    throw IoError("cannot read image '" + path.string() + "': " + std::strerror(errno));
-  }
+  if (!in) throw IoError("cannot read image '" + path.string() + "': " + std::strerror(errno));
   const auto size = fs::file_size(path, ec);
   if (!ec && size > kMaxFileBytes)
     throw IoError("image '" + path.string() + "' is " + std::to_string(size) + " bytes, more than the " +

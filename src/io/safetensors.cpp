@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "amused/error.h"
+#include "core/files.h"
 #include "core/config.h"
 #include "io/atomic_file.h"
 
@@ -105,12 +106,10 @@ void release_mapped_pages(const torch::Tensor& t) {
 }
 
 std::shared_ptr<SafeTensorsFile> SafeTensorsFile::open(const fs::path& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) {
-    throw CheckpointError("weight file '" + path.string() + "' does not exist");
-  }
-  if (fs::is_directory(path, ec)) {
-    throw CheckpointError("'" + path.string() + "' is a folder, expected a .safetensors file");
+  if (const std::string problem = input_file_problem(path); !problem.empty()) {
+    throw CheckpointError("weight file '" + path.string() + "' " +
+                          (problem.rfind("is a folder", 0) == 0 ? "is a folder, expected a .safetensors file"
+                                                                : problem));
   }
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw CheckpointError("cannot open '" + path.string() + "': " + std::strerror(errno));

@@ -1,5 +1,7 @@
 #include "io/state_dict.h"
 
+#include <cmath>
+
 #include <sstream>
 
 #include "amused/error.h"
@@ -70,6 +72,13 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state_dict, con
     auto it = state_dict.find(key);
     if (it == state_dict.end() || (options.defer && options.defer(key))) continue;
     const torch::Tensor& src = it->second;
+    // NaN or infinite weights would draw an image of noise with exit status 0. One pass in double:
+    // the sum is finite exactly when every value is (no float32 or 16-bit tensor can overflow it).
+    if (src.is_floating_point() && src.numel() > 0 &&
+        !std::isfinite(src.sum(torch::kDouble).item<double>()))
+      throw CheckpointError("checkpoint '" + source + "': tensor '" + key +
+                            "' holds NaN or infinite values (a damaged file, or saved from a diverged "
+                            "training run): re-download or re-convert it");
     const auto want_dtype = target_dtype(key, target, options);
     const auto want_device = options.device ? *options.device : target.device();
     if (options.zero_copy && src.scalar_type() == want_dtype && src.device() == want_device) {

@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "amused/error.h"
+#include "core/files.h"
 #include "amused/tokenizer.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -46,6 +47,8 @@ constexpr int64_t kMaxTokenId = std::numeric_limits<int32_t>::max();
 bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 std::string read_text_file(const fs::path& path) {
+  if (const std::string problem = input_file_problem(path); !problem.empty())
+    throw ConfigError("tokenizer file '" + path.string() + "' " + problem);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError("tokenizer file '" + path.string() + "' cannot be read");
   std::ostringstream os;
@@ -54,7 +57,10 @@ std::string read_text_file(const fs::path& path) {
 }
 
 void require_file(const fs::path& dir, const char* name) {
-  if (!fs::is_regular_file(dir / name))
+  const std::string problem = input_file_problem(dir / name);
+  if (!problem.empty() && !is_absent_problem(problem))
+    throw ConfigError("tokenizer file '" + (dir / name).string() + "' " + problem);
+  if (!problem.empty())
     throw ConfigError(
         "tokenizer file '" + (dir / name).string() +
         "' is missing: expected vocab.json, merges.txt and tokenizer_config.json in '" +
@@ -343,7 +349,8 @@ std::shared_ptr<ClipTokenizer> ClipTokenizer::from_folder(const fs::path& tokeni
                       "': expected a JSON object, got " + config.type_name());
   json special_map = json::object();
   const fs::path map_path = tokenizer_dir / "special_tokens_map.json";
-  if (fs::exists(map_path)) {
+  std::error_code map_ec;  // anything at that name (even a broken link) is read, and refused if unreadable
+  if (fs::symlink_status(map_path, map_ec).type() != fs::file_type::not_found) {
     special_map = read_json_file(map_path);
     if (!special_map.is_object())
       throw ConfigError("tokenizer file '" + map_path.string() + "': expected a JSON object, got " +

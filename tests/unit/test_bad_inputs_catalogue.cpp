@@ -3,9 +3,11 @@
 // `error:` line naming the culprit, and that the output folder is exactly as before: the
 // pre-existing good output keeps its bytes and no new or temporary file appears.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -235,6 +237,42 @@ TEST(BadInputsCatalogue, Weights) {
                       [](auto& sd) { sd.erase(sd.begin()); });
        },
        true},
+      {"weights with a NaN", g, 1, "NaN or infinite",
+       [=](auto& m, auto&) {
+         edit_weights(m / tw, [](auto& sd) {
+           for (auto& [k, t] : sd)
+             if (t.is_floating_point() && t.numel() > 1) {
+               t.view(-1)[1] = std::numeric_limits<float>::quiet_NaN();
+               break;
+             }
+         });
+       },
+       true},
+      {"weights with an infinity", g, 1, "NaN or infinite",
+       [](auto& m, auto&) {
+         // A decoder weight: text-to-image loads the VQ encoder only when an image is edited.
+         edit_weights(m / "vqvae" / "diffusion_pytorch_model.safetensors", [](auto& sd) {
+           for (auto& [k, t] : sd)
+             if (k.rfind("decoder.", 0) == 0 && t.is_floating_point()) {
+               t.view(-1)[0] = -std::numeric_limits<float>::infinity();
+               break;
+             }
+         });
+       },
+       true},
+      {"weights are a FIFO", g, 1, "FIFO",
+       [=](auto& m, auto&) {
+         fs::remove(m / tw);
+         ASSERT_EQ(::mkfifo((m / tw).c_str(), 0644), 0);
+       },
+       true},
+      {"config is a symbolic-link loop", g, 1, "symbolic-link loop",
+       [](auto& m, auto&) {
+         const fs::path p = m / "transformer" / "config.json";
+         fs::remove(p);
+         fs::create_symlink("config.json", p);
+       },
+       true},
       {"unexpected tensor", g, 1, "unexpected",
        [=](auto& m, auto&) {
          edit_weights(m / tw, [](auto& sd) { sd["bogus.weight"] = torch::zeros({2}); });
@@ -270,6 +308,21 @@ TEST(BadInputsCatalogue, Tokenizer) {
        true},
       {"vocab ids not integers", g, 1, "expected an integer id",
        [](auto& m, auto&) { write_file(m / "tokenizer" / "vocab.json", R"({"a": "zero"})"); },
+       true},
+      // Issue 20: these were reported as missing, or hung (a FIFO blocks its reader).
+      {"special_tokens_map.json is a FIFO", g, 1, "FIFO",
+       [](auto& m, auto&) {
+         const fs::path p = m / "tokenizer" / "special_tokens_map.json";
+         fs::remove(p);
+         ASSERT_EQ(::mkfifo(p.c_str(), 0644), 0);
+       },
+       true},
+      {"merges.txt is a symbolic-link loop", g, 1, "symbolic-link loop",
+       [](auto& m, auto&) {
+         const fs::path p = m / "tokenizer" / "merges.txt";
+         fs::remove(p);
+         fs::create_symlink("merges.txt", p);
+       },
        true},
       {"tokenize: model missing", "tokenize -m '{T}/nope' 'a cat'", 1, "nope"},
       {"tokenize: --file is a folder", "tokenize -m '{M}' -f '{T}'", 1, "is a folder"},
@@ -355,6 +408,11 @@ TEST(BadInputsCatalogue, ImagesAndMasks) {
        images},
       {"init image truncated", g + " --init-image '{T}/cut.png'", 1, "cut.png", images},
       {"init image is a folder", g + " --init-image '{T}'", 1, "is a folder", images},
+      {"init image is /dev/zero", g + " --init-image '{T}/zero.png'", 1, "is a device",
+       [&](const fs::path& m, const fs::path& t) {
+         images(m, t);
+         fs::create_symlink("/dev/zero", t / "zero.png");
+       }},
       {"init image claims 100000x100000", g + " --init-image '{T}/big.png'", 1, "big.png", images},
       {"mask without init image", g + " --mask '{T}/img.png'", 1, "--init-image", images},
       {"mask all black", g + " --init-image '{T}/img.png' --mask '{T}/black.png'", 1,
