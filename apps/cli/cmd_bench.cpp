@@ -158,7 +158,7 @@ int run_train(const BenchArgs& a) {
                         {"update_s", median(update)},
                         {"rss_after_load_mib", rss_before}, {"peak_rss_mib", rss}};
     if (a.device.rfind("cuda", 0) == 0) j["peak_gpu_mib"] = amused::peak_cuda_memory_mib();
-    std::cout << j.dump(2) << std::endl;
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     return 0;
   }
   std::printf("machine      %s, %d physical cores, %d threads, %s\n", sys.cpu_model.c_str(), sys.physical_cores,
@@ -259,7 +259,7 @@ int run(const BenchArgs& given) {
     j["vq_decode_gflops"] = vq_gflops;
     j["vq_decode_pct_of_f32_ceiling"] = pct(vq_gflops, ceil_f32);
     j["text_encoder_gflops"] = te_gflops;
-    std::cout << j.dump(2) << std::endl;
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     return 0;
   }
   std::printf("machine      %s, %d physical cores, %d threads\n", sys.cpu_model.c_str(), sys.physical_cores, sys.threads);

@@ -1,8 +1,15 @@
 // `amused generate`: text-to-image from the command line.
 #include <nlohmann/json.hpp>
 
+#include <limits.h>
+#include <signal.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <set>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -60,6 +67,28 @@ std::vector<double> parse_numbers(const std::string& s, const char* flag) {
   return out;
 }
 
+// SIGINT/SIGTERM during a generation: the next step cancels it (nothing written, exit 128 + signal);
+// during the writing of the outputs: the set is finished first (the previous files or the complete
+// new set, never half of each), then the command exits 128 + signal.
+volatile std::sig_atomic_t g_interrupt = 0;
+extern "C" void on_interrupt(int sig) { g_interrupt = sig; }
+
+struct InterruptHandlers {
+  struct sigaction old_int {}, old_term {};
+  InterruptHandlers() {
+    struct sigaction sa {};
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~InterruptHandlers() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
 // FILE.png for one image, FILE-0.png, FILE-1.png, ... for several.
 std::vector<fs::path> output_paths(const fs::path& output, size_t n) {
   if (n == 1) return {output};
@@ -94,6 +123,31 @@ int run(const GenerateArgs& given) {
   // Caught here rather than after minutes of generation (or after the images were written).
   if (fs::is_directory(output))
     throw amused::InvalidArgument("--output '" + a.output + "' is a folder, expected the path of a .png file");
+  // Every file this run will write, checked before minutes of generation: none is a folder, none
+  // is written twice, every name fits the file system, every folder is writable.
+  {
+    const size_t n_images = a.prompts.size() * static_cast<size_t>(a.num_images);
+    std::vector<fs::path> outs = output_paths(output, n_images);
+    if (!a.save_tokens.empty()) outs.emplace_back(a.save_tokens);
+    std::set<fs::path> seen;
+    for (const auto& o : outs) {
+      if (o.filename().string().size() > NAME_MAX)
+        throw amused::InvalidArgument("output name '" + o.filename().string().substr(0, 40) + "...' is " +
+                                      std::to_string(o.filename().string().size()) + " bytes; the limit is " +
+                                      std::to_string(NAME_MAX));
+      if (!seen.insert(fs::absolute(o).lexically_normal()).second)
+        throw amused::InvalidArgument("'" + o.string() +
+                                      "' would be written twice (--output and --save-tokens, or a --output "
+                                      "whose numbered names meet it): give them different names");
+      std::error_code ec;
+      if (o != output && o.string() != a.save_tokens && fs::is_directory(o, ec))
+        throw amused::InvalidArgument("'" + o.string() + "' (one of the numbered outputs of --output '" + a.output +
+                                      "') is a folder; choose another --output");
+      const fs::path dir = o.has_parent_path() ? o.parent_path() : fs::path(".");
+      if (fs::is_directory(dir, ec) && ::access(dir.c_str(), W_OK) != 0)
+        throw amused::InvalidArgument("cannot write into folder '" + dir.string() + "': " + std::strerror(errno));
+    }
+  }
   if (!a.save_tokens.empty() && fs::is_directory(a.save_tokens))
     throw amused::InvalidArgument("--save-tokens '" + a.save_tokens +
                                   "' is a folder, expected the path of a .safetensors file");
@@ -166,13 +220,23 @@ int run(const GenerateArgs& given) {
   download_bar.finish();
 
   amused::cli::ProgressBar bar(show_progress, "generating ");
+  g_interrupt = 0;
+  const InterruptHandlers interrupt_handlers;
   p.progress = [&](const amused::StepInfo& s) {
     bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
-    return true;
+    return g_interrupt == 0;  // false: the library throws amused::Cancelled (exit 130, nothing written)
   };
-  amused::GenerationResult result = mode == "text-to-image"    ? pipe->text_to_image(call.t2i)
-                                    : mode == "image-to-image" ? pipe->image_to_image(call.img2img)
-                                                               : pipe->inpaint(call.inpaint);
+  amused::GenerationResult result;
+  try {
+    result = mode == "text-to-image"    ? pipe->text_to_image(call.t2i)
+             : mode == "image-to-image" ? pipe->image_to_image(call.img2img)
+                                        : pipe->inpaint(call.inpaint);
+  } catch (const amused::Cancelled&) {
+    if (!g_interrupt) throw;
+    bar.finish();
+    std::fprintf(stderr, "interrupted (signal %d): nothing written\n", static_cast<int>(g_interrupt));
+    return 128 + static_cast<int>(g_interrupt);
+  }
   bar.finish();
 
   const auto paths = output_paths(output, result.images.size());
@@ -210,7 +274,15 @@ int run(const GenerateArgs& given) {
     files.emplace_back(paths[i], amused::encode_png(result.images[i], text));
   }
   if (!a.save_tokens.empty()) files.emplace_back(a.save_tokens, amused::encode_token_grids(result.tokens));
-  amused::save_files(files);
+  if (g_interrupt) {
+    std::fprintf(stderr, "interrupted (signal %d): nothing written\n", static_cast<int>(g_interrupt));
+    return 128 + static_cast<int>(g_interrupt);
+  }
+  amused::save_files(files);  // a signal now waits for the whole set (the handlers stay in place)
+  if (g_interrupt) {
+    std::fprintf(stderr, "interrupted (signal %d) after the outputs were written\n", static_cast<int>(g_interrupt));
+    return 128 + static_cast<int>(g_interrupt);
+  }
 
   const auto& t = result.timings;
   if (a.json) {
@@ -232,7 +304,8 @@ int run(const GenerateArgs& given) {
                     {"vq_decode_s", t.vq_decode_s},
                     {"generate_s", t.total_s},
                     {"step_s", t.step_s}};
-    std::cout << j.dump() << std::endl;
+    // Any bytes (a non-UTF-8 path, prompt or PNG text chunk) print, as U+FFFD where not UTF-8.
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else if (!a.quiet) {
     std::printf("seed: %llu\n", static_cast<unsigned long long>(result.seed));
     for (const auto& pth : paths) std::printf("wrote %s\n", pth.c_str());

@@ -107,7 +107,8 @@ int inspect_png(const std::string& path, bool as_json) {
   if (as_json) {
     nlohmann::json j = nlohmann::json::object();
     for (const auto& [k, v] : text) j[k] = v;
-    std::printf("%s\n", j.dump(2).c_str());
+    // Any bytes (a non-UTF-8 path, prompt or PNG text chunk) print, as U+FFFD where not UTF-8.
+    std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return 0;
   }
   std::printf("file: %s\n", path.c_str());
