@@ -62,11 +62,13 @@ void check_error(const ApiError& e) {
   (void)e.to_json().dump();
 }
 
-void check_accepted(const ImageRequest& r, Endpoint endpoint, const RequestLimits& limits) {
-  if (r.prompt.empty() || r.prompt.size() > limits.max_prompt_bytes || !is_valid_utf8(r.prompt))
+void check_accepted(const GenerationRequest& r, Endpoint endpoint, const RequestLimits& limits) {
+  if (r.prompts.size() != 1 || r.prompts[0].empty() || r.prompts[0].size() > limits.max_prompt_bytes ||
+      !is_valid_utf8(r.prompts[0]))
     __builtin_trap();
-  if (r.negative_prompt &&
-      (r.negative_prompt->size() > limits.max_prompt_bytes || !is_valid_utf8(*r.negative_prompt)))
+  if (r.negative_prompts.size() > 1 ||
+      (r.negative_prompts.size() == 1 &&
+       (r.negative_prompts[0].size() > limits.max_prompt_bytes || !is_valid_utf8(r.negative_prompts[0]))))
     __builtin_trap();
   if (r.n < 1 || r.n > limits.max_n || r.steps < 1 || r.steps > limits.max_steps) __builtin_trap();
   for (const auto& side : {r.width, r.height})
@@ -106,13 +108,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.max_input_side = 512;
   limits.max_image_bytes = 1u << 20;
   try {
-    const Parsed<ImageRequest> parsed =
+    const Parsed<GenerationRequest> parsed =
         multipart ? parse_multipart_request(split_form(body), endpoint, limits)
                   : parse_json_request(std::string(body), endpoint, limits);
     if (const auto* e = std::get_if<ApiError>(&parsed))
       check_error(*e);
     else
-      check_accepted(std::get<ImageRequest>(parsed), endpoint, limits);
+      check_accepted(std::get<GenerationRequest>(parsed), endpoint, limits);
   } catch (const amused::Error&) {
   }
   return 0;

@@ -38,7 +38,7 @@ fi
 # 2. The VQ-GAN: 64x64 pixels -> 16x16 tokens of a 256-entry codebook (3.8 M parameters).
 if ! done_mark vq; then
   stage "2/6 VQ-GAN (amused train-vq)"
-  "$AMUSED" train-vq --data "$WORK/emoji64" --output "$WORK/vq64" --max-steps 1500 --batch-size 16 \
+  "$AMUSED" train-vq --data "$WORK/emoji64" --output "$WORK/vq64" --max-steps 2000 --batch-size 16 \
     --learning-rate 4e-4 --dead-code-steps 50 --validation-steps 250 --checkpointing-steps 250 \
     --random-flip --resume "${threads[@]}"
   mark_done vq

@@ -20,7 +20,7 @@
 #include "amused/log.h"
 #include "command.h"
 #include "progress.h"
-#include "server/api.h"  // GenerationCall
+#include "server/request.h"  // GenerationRequest, shared with the server
 
 namespace {
 namespace fs = std::filesystem;
@@ -165,46 +165,41 @@ int run(const GenerateArgs& given) {
     throw amused::InvalidArgument("--strength must be in [0, 1], got " + std::to_string(*a.strength));
   const std::string mode = a.init_image.empty() ? "text-to-image" : a.mask.empty() ? "image-to-image" : "inpaint";
 
-  amused::server::GenerationCall call;  // the server's request -> parameters mapping uses the same
-  amused::GenerationParams& p = call.common(mode);
-  p.prompts = a.prompts;
-  p.negative_prompts = a.negative_prompts;
-  p.num_inference_steps = a.steps;
-  p.guidance_scale = a.guidance;
-  p.num_images_per_prompt = a.num_images;
-  p.aesthetic_score = a.aesthetic;
+  // The request the server would build from the same fields (apps/server/request.h): one mapping
+  // onto the library, one PNG-metadata builder for both.
+  amused::server::GenerationRequest req;
+  req.mode = mode;
+  req.prompts = a.prompts;
+  req.negative_prompts = a.negative_prompts;
+  req.steps = a.steps;
+  req.guidance_scale = a.guidance;
+  req.n = a.num_images;
+  req.aesthetic_score = a.aesthetic;
   const auto crop = parse_numbers(a.crop, "--crop-coord");
   if (crop.size() != 2) throw amused::InvalidArgument("--crop-coord expects X,Y");
   for (double c : crop)
     if (!std::isfinite(c) || c != std::floor(c) || std::fabs(c) > 1e9)
       throw amused::InvalidArgument("--crop-coord '" + a.crop + "': X and Y must be whole numbers (pixels)");
-  p.crop_coord = {static_cast<int>(crop[0]), static_cast<int>(crop[1])};
-  const auto temp = parse_numbers(a.temperature, "--temperature");
-  if (temp.size() == 1) {
-    p.temperature = amused::Temperature::single(temp[0]);
-  } else if (temp.size() == 2) {
-    p.temperature = amused::Temperature::pair(temp[0], temp[1]);
-  } else {
+  req.crop_coord = {static_cast<int>(crop[0]), static_cast<int>(crop[1])};
+  req.temperature = parse_numbers(a.temperature, "--temperature");
+  if (req.temperature.size() != 1 && req.temperature.size() != 2)
     throw amused::InvalidArgument("--temperature expects T or A,B");
+  req.masking_schedule = a.masking_schedule;
+  req.seed = a.seed;
+  req.width = a.width;
+  req.height = a.height;
+  req.strength = a.strength;
+  if (mode != "text-to-image") {
+    req.image = amused::load_image(a.init_image);
+    req.image_name = a.init_image;
   }
-  p.masking_schedule = a.masking_schedule;
-  p.seed = a.seed;
-  double strength = 0;
-  if (mode == "text-to-image") {
-    call.t2i.width = a.width;
-    call.t2i.height = a.height;
-  } else if (mode == "image-to-image") {
-    call.img2img.image = amused::load_image(a.init_image);
-    call.img2img.width = a.width;
-    call.img2img.height = a.height;
-    strength = call.img2img.strength = a.strength.value_or(0.5);
-  } else {
-    call.inpaint.image = amused::load_image(a.init_image);
-    call.inpaint.mask = amused::load_image(a.mask);
-    call.inpaint.width = a.width;
-    call.inpaint.height = a.height;
-    strength = call.inpaint.strength = a.strength.value_or(1.0);
+  if (mode == "inpaint") {
+    req.mask = amused::load_image(a.mask);
+    req.mask_name = a.mask;
   }
+  std::string bad_param;
+  if (const std::string problem = amused::server::validate_request(req, &bad_param); !problem.empty())
+    throw amused::InvalidArgument(problem);
 
   const bool show_progress = !a.quiet && !a.json && amused::cli::stderr_is_tty();
   amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
@@ -222,15 +217,13 @@ int run(const GenerateArgs& given) {
   amused::cli::ProgressBar bar(show_progress, "generating ");
   g_interrupt = 0;
   const InterruptHandlers interrupt_handlers;
-  p.progress = [&](const amused::StepInfo& s) {
+  const amused::ProgressCallback progress = [&](const amused::StepInfo& s) {
     bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
-    return g_interrupt == 0;  // false: the library throws amused::Cancelled (exit 130, nothing written)
+    return g_interrupt == 0;  // false: the library throws amused::Cancelled
   };
   amused::GenerationResult result;
   try {
-    result = mode == "text-to-image"    ? pipe->text_to_image(call.t2i)
-             : mode == "image-to-image" ? pipe->image_to_image(call.img2img)
-                                        : pipe->inpaint(call.inpaint);
+    result = amused::server::run_request(*pipe, req, progress);
   } catch (const amused::Cancelled&) {
     if (!g_interrupt) throw;
     bar.finish();
@@ -242,37 +235,11 @@ int run(const GenerateArgs& given) {
   const auto paths = output_paths(output, result.images.size());
   // Every output (images, token file) is encoded first and written all or nothing.
   std::vector<std::pair<fs::path, std::string>> files;
-  const size_t np = a.prompts.size();
-  for (size_t i = 0; i < result.images.size(); ++i) {
-    const size_t pi = i % np;  // images per prompt are tiled: [p0, p1, p0, p1]
-    std::string neg = a.negative_prompts.empty() ? "" : a.negative_prompts[a.negative_prompts.size() == 1 ? 0 : pi];
-    std::ostringstream temp_s;
-    for (size_t t = 0; t < temp.size(); ++t) temp_s << (t ? "," : "") << temp[t];
-    amused::TextChunks text = {
-        {"prompt", a.prompts[pi]},
-        {"negative_prompt", neg},
-        {"seed", std::to_string(result.seed)},
-        {"steps", std::to_string(a.steps)},
-        {"guidance_scale", nlohmann::json(a.guidance).dump()},
-        {"model", a.model},
-        {"width", std::to_string(result.images[i].width)},
-        {"height", std::to_string(result.images[i].height)},
-        {"aesthetic_score", nlohmann::json(a.aesthetic).dump()},
-        {"crop_coord", a.crop},
-        {"temperature", temp_s.str()},
-        {"masking_schedule", a.masking_schedule.empty() ? pipe->summary().masking_schedule : a.masking_schedule},
-        {"dtype", pipe->summary().dtype},
-        {"mode", mode},
-        {"image_index", std::to_string(i)},
-        {"software", std::string("amused.cpp ") + amused::version()},
-    };
-    if (!a.init_image.empty()) {
-      text.emplace_back("init_image", a.init_image);
-      text.emplace_back("strength", nlohmann::json(strength).dump());
-    }
-    if (!a.mask.empty()) text.emplace_back("mask", a.mask);
-    files.emplace_back(paths[i], amused::encode_png(result.images[i], text));
-  }
+  for (size_t i = 0; i < result.images.size(); ++i)
+    files.emplace_back(paths[i], amused::encode_png(result.images[i],
+                                                    amused::server::png_metadata(req, result, i, a.model,
+                                                                                 pipe->summary().masking_schedule,
+                                                                                 pipe->summary().dtype)));
   if (!a.save_tokens.empty()) files.emplace_back(a.save_tokens, amused::encode_token_grids(result.tokens));
   if (g_interrupt) {
     std::fprintf(stderr, "interrupted (signal %d): nothing written\n", static_cast<int>(g_interrupt));

@@ -206,7 +206,7 @@ std::optional<ApiError> decode_base64_field(const json& v, const std::string& pa
 // Everything but the images: shared by the JSON and the multipart paths (multipart text fields
 // arrive here converted to JSON values).
 std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
-                                        const RequestLimits& limits, ImageRequest& r) {
+                                        const RequestLimits& limits, GenerationRequest& r) {
   for (const auto& [key, value] : j.items()) {
     if (kCommonFields.count(key)) continue;
     if (kEditFields.count(key)) {
@@ -222,13 +222,15 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
   auto has = [&](const char* k) { return j.contains(k) && !j.at(k).is_null(); };
   std::optional<ApiError> e;
   if (!has("prompt")) return invalid("prompt", "'prompt' is required", "missing_parameter");
-  if ((e = get_string(j.at("prompt"), "prompt", limits.max_prompt_bytes, r.prompt))) return e;
-  if (r.prompt.empty()) return invalid("prompt", "'prompt' must not be empty");
+  std::string prompt;
+  if ((e = get_string(j.at("prompt"), "prompt", limits.max_prompt_bytes, prompt))) return e;
+  if (prompt.empty()) return invalid("prompt", "'prompt' must not be empty");
+  r.prompts = {prompt};
   if (has("negative_prompt")) {
     std::string neg;
     if ((e = get_string(j.at("negative_prompt"), "negative_prompt", limits.max_prompt_bytes, neg)))
       return e;
-    r.negative_prompt = neg;
+    r.negative_prompts = {neg};
   }
   if (has("n") && (e = get_int(j.at("n"), "n", 1, limits.max_n, r.n))) return e;
   if (has("steps") && (e = get_int(j.at("steps"), "steps", 1, limits.max_steps, r.steps))) return e;
@@ -335,7 +337,7 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
 std::optional<ApiError> attach_images(const std::optional<std::string>& image_bytes,
                                       const std::optional<std::string>& mask_bytes,
                                       Endpoint endpoint, const RequestLimits& limits,
-                                      ImageRequest& r) {
+                                      GenerationRequest& r) {
   if (!image_bytes) {
     if (endpoint == Endpoint::Edits)
       return invalid("image", "'image' is required (the image to edit)", "missing_parameter");
@@ -489,7 +491,7 @@ std::string json_error_reason(const json::parse_error& e) {
 }
 }  // namespace
 
-Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoint,
+Parsed<GenerationRequest> parse_json_request(const std::string& body, Endpoint endpoint,
                                         const RequestLimits& limits) {
   json j;
   // Duplicate keys are refused, as duplicate multipart fields are (the JSON library would keep
@@ -522,7 +524,7 @@ Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoi
   if (!j.is_object())
     return invalid("", "the request body must be a JSON object, got " + type_name(j),
                    "invalid_json");
-  ImageRequest r;
+  GenerationRequest r;
   r.steps = limits.default_steps;
   r.guidance_scale = limits.default_guidance_scale;
   if (auto e = validate_fields(j, endpoint, limits, r)) return *e;
@@ -536,10 +538,12 @@ Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoi
   if (auto e = attach_images(image, mask, endpoint, limits, r)) return *e;
   r.image_name = "image";
   r.mask_name = r.mode == "inpaint" ? "mask" : "";
+  std::string param;  // the checks every request passes, whoever built it (the CLI too)
+  if (const std::string problem = validate_request(r, &param); !problem.empty()) return invalid(param, problem);
   return r;
 }
 
-Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& fields,
+Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& fields,
                                              Endpoint endpoint, const RequestLimits& limits) {
   json j = json::object();
   std::optional<std::string> image, mask;
@@ -609,91 +613,16 @@ Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& field
       j[f.name] = f.content;
     }
   }
-  ImageRequest r;
+  GenerationRequest r;
   r.steps = limits.default_steps;
   r.guidance_scale = limits.default_guidance_scale;
   if (auto e = validate_fields(j, endpoint, limits, r)) return *e;
   if (auto e = attach_images(image, mask, endpoint, limits, r)) return *e;
   r.image_name = image_name;
   r.mask_name = r.mode == "inpaint" ? mask_name : "";
+  std::string param;  // the checks every request passes, whoever built it (the CLI too)
+  if (const std::string problem = validate_request(r, &param); !problem.empty()) return invalid(param, problem);
   return r;
-}
-
-GenerationCall to_params(const ImageRequest& r) {
-  // Field for field as apps/cli/cmd_generate.cpp fills them, so a seed gives the CLI's image.
-  GenerationCall call;
-  GenerationParams& p = call.common(r.mode);
-  p.prompts = {r.prompt};
-  if (r.negative_prompt) p.negative_prompts = {*r.negative_prompt};
-  p.num_inference_steps = r.steps;
-  p.guidance_scale = r.guidance_scale;
-  p.num_images_per_prompt = r.n;
-  p.aesthetic_score = r.aesthetic_score;
-  p.crop_coord = r.crop_coord;
-  p.temperature = r.temperature.size() == 1
-                      ? Temperature::single(r.temperature[0])
-                      : Temperature::pair(r.temperature.at(0), r.temperature.at(1));
-  p.masking_schedule = r.masking_schedule;
-  p.seed = r.seed;
-  p.lora_scales = r.loras;
-  if (r.mode == "inpaint") {
-    call.inpaint.image = r.image;
-    call.inpaint.mask = r.mask;
-    call.inpaint.width = r.width;
-    call.inpaint.height = r.height;
-    call.inpaint.strength = r.strength.value_or(1.0);
-  } else if (r.mode == "image-to-image") {
-    call.img2img.image = r.image;
-    call.img2img.width = r.width;
-    call.img2img.height = r.height;
-    call.img2img.strength = r.strength.value_or(0.5);
-  } else {
-    call.t2i.width = r.width;
-    call.t2i.height = r.height;
-  }
-  return call;
-}
-
-int steps_to_run(const ImageRequest& r) {
-  if (r.mode == "text-to-image") return r.steps;
-  const double strength = r.strength.value_or(r.mode == "inpaint" ? 1.0 : 0.5);
-  return static_cast<int>(static_cast<double>(r.steps) * strength);  // the pipelines' int(steps * strength)
-}
-
-TextChunks png_metadata(const ImageRequest& r, const GenerationResult& result, size_t index,
-                        const std::string& model, const std::string& default_masking_schedule,
-                        const std::string& dtype) {
-  // Key for key (and in the same order) as apps/cli/cmd_generate.cpp writes them.
-  std::ostringstream temp_s;
-  for (size_t t = 0; t < r.temperature.size(); ++t) temp_s << (t ? "," : "") << r.temperature[t];
-  const Image& im = result.images.at(index);
-  TextChunks text = {
-      {"prompt", r.prompt},
-      {"negative_prompt", r.negative_prompt.value_or("")},
-      {"seed", std::to_string(result.seed)},
-      {"steps", std::to_string(r.steps)},
-      {"guidance_scale", json(r.guidance_scale).dump()},
-      {"model", model},
-      {"width", std::to_string(im.width)},
-      {"height", std::to_string(im.height)},
-      {"aesthetic_score", json(r.aesthetic_score).dump()},
-      {"crop_coord",
-       std::to_string(r.crop_coord.first) + "," + std::to_string(r.crop_coord.second)},
-      {"temperature", temp_s.str()},
-      {"masking_schedule",
-       r.masking_schedule.empty() ? default_masking_schedule : r.masking_schedule},
-      {"dtype", dtype},
-      {"mode", r.mode},
-      {"image_index", std::to_string(index)},
-      {"software", std::string("amused.cpp ") + version()},
-  };
-  if (r.mode != "text-to-image") {
-    text.emplace_back("init_image", r.image_name);
-    text.emplace_back("strength",
-                      json(r.strength.value_or(r.mode == "inpaint" ? 1.0 : 0.5)).dump());
-  }
-  if (r.mode == "inpaint") text.emplace_back("mask", r.mask_name);
-  return text;
 }
 
 }  // namespace amused::server

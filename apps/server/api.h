@@ -15,6 +15,7 @@
 
 #include "amused/image_io.h"
 #include "amused/pipeline.h"
+#include "server/request.h"  // GenerationRequest: what a body parses into
 
 namespace amused::server {
 
@@ -57,26 +58,6 @@ enum class Endpoint {
   Jobs,         // POST /v1/jobs: either
 };
 
-// One validated request. `mode` is "text-to-image", "image-to-image" or "inpaint" (as the CLI's
-// PNG metadata names them).
-struct ImageRequest {
-  std::string mode = "text-to-image";
-  std::string prompt;
-  std::optional<std::string> negative_prompt;
-  int n = 1;
-  std::optional<int> width, height;  // from `size`; absent = the model's default / the input's
-  int steps = 12;
-  double guidance_scale = 10.0;
-  std::optional<uint64_t> seed;
-  std::vector<double> temperature{2.0, 0.0};  // one value or a (start, end) pair
-  double aesthetic_score = 6.0;
-  std::pair<int, int> crop_coord{0, 0};
-  std::string masking_schedule;    // "" = the model's
-  std::map<std::string, double> loras;  // LoRA scales of this request by adapter name
-  std::optional<double> strength;  // edits only; default 0.5 (img2img) or 1.0 (inpaint)
-  Image image, mask;
-  std::string image_name, mask_name;  // upload file names (PNG metadata), "image"/"mask" if none
-};
 
 // A multipart/form-data part, independent of the HTTP library.
 struct FormField {
@@ -90,40 +71,16 @@ struct FormField {
 // ignored) plus aMUSEd's (negative_prompt, steps, guidance_scale, seed, temperature,
 // aesthetic_score, crop_coord, masking_schedule; for edits image, mask as base64 or data: URLs and
 // strength). Unknown fields are refused.
-Parsed<ImageRequest> parse_json_request(const std::string& body, Endpoint endpoint,
+Parsed<GenerationRequest> parse_json_request(const std::string& body, Endpoint endpoint,
                                         const RequestLimits& limits);
 // POST /v1/images/generations.
-inline Parsed<ImageRequest> parse_generation_request(const std::string& body,
+inline Parsed<GenerationRequest> parse_generation_request(const std::string& body,
                                                      const RequestLimits& limits) {
   return parse_json_request(body, Endpoint::Generations, limits);
 }
 // A multipart body (OpenAI's edits): `image` and `mask` as files, every other field as text.
-Parsed<ImageRequest> parse_multipart_request(const std::vector<FormField>& fields,
+Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& fields,
                                              Endpoint endpoint, const RequestLimits& limits);
-
-// The library parameters of a request (progress and seed set by the caller as needed).
-struct GenerationCall {
-  TextToImageParams t2i;          // request.mode == "text-to-image"
-  ImageToImageParams img2img;     // "image-to-image"
-  InpaintParams inpaint;          // "inpaint"
-  // The parameters of the request's mode.
-  GenerationParams& common(const std::string& mode) {
-    return mode == "text-to-image"    ? static_cast<GenerationParams&>(t2i)
-           : mode == "image-to-image" ? static_cast<GenerationParams&>(img2img)
-                                      : static_cast<GenerationParams&>(inpaint);
-  }
-};
-GenerationCall to_params(const ImageRequest& request);
-
-// The denoising steps a request runs: `steps` for text-to-image, int(steps * strength) for edits
-// (what a job's progress counts and a response's "steps" reports).
-int steps_to_run(const ImageRequest& request);
-
-// The PNG text chunks of image `index` of a result, key for key as `amused generate` writes them.
-// `model` is the -m argument, `default_masking_schedule` the model's, `dtype` the load dtype.
-TextChunks png_metadata(const ImageRequest& request, const GenerationResult& result, size_t index,
-                        const std::string& model, const std::string& default_masking_schedule,
-                        const std::string& dtype);
 
 // "W" and "H" of "WxH" when both are decimal integers, else nullopt.
 std::optional<std::pair<int, int>> parse_size(const std::string& size);

@@ -84,7 +84,7 @@ JobQueue::JobQueue(size_t max_queue, Runner runner, size_t keep_finished, double
 
 JobQueue::~JobQueue() { shutdown(); }
 
-std::shared_ptr<Job> JobQueue::submit(ImageRequest request, bool async,
+std::shared_ptr<Job> JobQueue::submit(GenerationRequest request, bool async,
                                       std::function<bool()> client_alive, bool* shutting_down) {
   std::lock_guard<std::mutex> lock(mu_);
   if (shutting_down) *shutting_down = stopping_;

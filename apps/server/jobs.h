@@ -30,7 +30,7 @@ const char* to_string(JobStatus s);
 
 struct Job {
   std::string id;
-  ImageRequest request;
+  GenerationRequest request;
   bool async = false;
   int64_t created = 0;  // unix seconds
   // Optional: false once the client of a synchronous request has gone (checked at every step).
@@ -74,7 +74,7 @@ class JobQueue {
   JobQueue& operator=(const JobQueue&) = delete;
 
   // Queues a job; nullptr when the queue is full or shutting down (`*shutting_down` tells which).
-  std::shared_ptr<Job> submit(ImageRequest request, bool async,
+  std::shared_ptr<Job> submit(GenerationRequest request, bool async,
                               std::function<bool()> client_alive = {},
                               bool* shutting_down = nullptr);
   // An async job by id (nullptr if unknown or forgotten).

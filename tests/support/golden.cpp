@@ -202,6 +202,32 @@ CliResult run_cli(const std::string& args) {
   return r;
 }
 
+int run_cli_signalled(const std::string& args, int sig, const std::function<bool()>& when) {
+  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args + " >/dev/null 2>&1";
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  bool sent = false;
+  int status = 0;
+  for (int i = 0; i < 20000 && !sent; ++i) {
+    if (when()) {
+      kill(pid, sig);
+      sent = true;
+      break;
+    }
+    if (waitpid(pid, &status, WNOHANG) == pid) return -1;  // it ended by itself
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  }
+  if (!sent) kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  if (!sent) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? 256 + WTERMSIG(status) : -1;
+}
+
 bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
                             const std::function<bool()>& finished) {
   const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args + " >/dev/null 2>&1";

@@ -81,6 +81,11 @@ CliResult run_cli(const std::string& args);
 bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
                             const std::function<bool()>& finished);
 
+// Starts the CLI with `args` (output discarded), sends `sig` once `when()` holds (polled every few
+// milliseconds, for at most a minute) and returns its exit status: 128 + n when it handled signal
+// n and exited, 256 + n when the signal ended it, -1 when it ended before `when()` held.
+int run_cli_signalled(const std::string& args, int sig, const std::function<bool()>& when);
+
 }  // namespace amused::testing
 
 // Skips (locally) or fails (CI=true) when the golden folder is absent.

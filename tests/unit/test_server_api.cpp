@@ -19,7 +19,7 @@ using amused::server::base64_decode;
 using amused::server::base64_encode;
 using amused::server::Endpoint;
 using amused::server::FormField;
-using amused::server::ImageRequest;
+using amused::server::GenerationRequest;
 using amused::server::RequestLimits;
 using json = nlohmann::json;
 
@@ -45,16 +45,16 @@ Image solid(int w, int h, uint8_t v) {
 std::string png_of(const Image& im) { return amused::encode_png(im); }
 
 // The request, or a test failure naming the error.
-ImageRequest ok(const amused::server::Parsed<ImageRequest>& p) {
+GenerationRequest ok(const amused::server::Parsed<GenerationRequest>& p) {
   if (auto* e = std::get_if<ApiError>(&p)) {
     ADD_FAILURE() << "unexpected error: " << e->to_json().dump();
     return {};
   }
-  return std::get<ImageRequest>(p);
+  return std::get<GenerationRequest>(p);
 }
 
 // The error, or a test failure.
-ApiError err(const amused::server::Parsed<ImageRequest>& p) {
+ApiError err(const amused::server::Parsed<GenerationRequest>& p) {
   if (auto* e = std::get_if<ApiError>(&p)) return *e;
   ADD_FAILURE() << "expected an error, got a request";
   return {};
@@ -64,7 +64,7 @@ ApiError gen_err(const std::string& body) {
   return err(amused::server::parse_generation_request(body, limits()));
 }
 
-ImageRequest gen_ok(const std::string& body) {
+GenerationRequest gen_ok(const std::string& body) {
   return ok(amused::server::parse_generation_request(body, limits()));
 }
 
@@ -114,10 +114,10 @@ TEST(ServerApi, ErrorShape) {
 }
 
 TEST(ServerApi, MinimalGenerationGetsTheCliDefaults) {
-  const ImageRequest r = gen_ok(R"({"prompt": "a cat"})");
+  const GenerationRequest r = gen_ok(R"({"prompt": "a cat"})");
   EXPECT_EQ(r.mode, "text-to-image");
-  EXPECT_EQ(r.prompt, "a cat");
-  EXPECT_FALSE(r.negative_prompt.has_value());
+  EXPECT_EQ(r.prompts, std::vector<std::string>{"a cat"});
+  EXPECT_TRUE(r.negative_prompts.empty());
   EXPECT_EQ(r.n, 1);
   EXPECT_FALSE(r.width.has_value());
   EXPECT_EQ(r.steps, 12);
@@ -133,23 +133,23 @@ TEST(ServerApi, TheModelsGenerationDefaultsFillWhatARequestLeavesOut) {
   amused::server::RequestLimits l = limits();
   l.default_steps = 8;
   l.default_guidance_scale = 4.5;  // amused serve: from the model's generation_config.json
-  const ImageRequest r = ok(amused::server::parse_generation_request(R"({"prompt": "a cat"})", l));
+  const GenerationRequest r = ok(amused::server::parse_generation_request(R"({"prompt": "a cat"})", l));
   EXPECT_EQ(r.steps, 8);
   EXPECT_EQ(r.guidance_scale, 4.5);
-  const ImageRequest given =
+  const GenerationRequest given =
       ok(amused::server::parse_generation_request(R"({"prompt": "a cat", "steps": 3, "guidance_scale": 2})", l));
   EXPECT_EQ(given.steps, 3);
   EXPECT_EQ(given.guidance_scale, 2.0);
 }
 
 TEST(ServerApi, FullGeneration) {
-  const ImageRequest r = gen_ok(R"({
+  const GenerationRequest r = gen_ok(R"({
     "prompt": "a café ☕", "negative_prompt": "blurry", "n": 3, "size": "128x64",
     "response_format": "b64_json", "model": "dall-e-2", "user": "me", "steps": 20,
     "guidance_scale": 4.5, "seed": 18446744073709551615, "temperature": [3, 0.5],
     "aesthetic_score": 5.5, "crop_coord": [16, 32], "masking_schedule": "linear"})");
-  EXPECT_EQ(r.prompt, "a café ☕");
-  EXPECT_EQ(r.negative_prompt.value_or("?"), "blurry");
+  EXPECT_EQ(r.prompts, std::vector<std::string>{"a café ☕"});
+  EXPECT_EQ(r.negative_prompts, std::vector<std::string>{"blurry"});
   EXPECT_EQ(r.n, 3);
   EXPECT_EQ(r.width.value_or(0), 128);
   EXPECT_EQ(r.height.value_or(0), 64);
@@ -161,7 +161,7 @@ TEST(ServerApi, FullGeneration) {
   EXPECT_EQ(r.crop_coord, std::make_pair(16, 32));
   EXPECT_EQ(r.masking_schedule, "linear");
   // Other spellings: a single temperature, "a,b" strings, null = absent, size "auto".
-  const ImageRequest s = gen_ok(
+  const GenerationRequest s = gen_ok(
       R"({"prompt": "x", "temperature": 1.5, "crop_coord": "3,4", "seed": null, "size": "auto"})");
   EXPECT_EQ(s.temperature, (std::vector<double>{1.5}));
   EXPECT_EQ(s.crop_coord, std::make_pair(3, 4));
@@ -260,7 +260,7 @@ TEST(ServerApi, MultipartEdits) {
     return amused::server::parse_multipart_request(f, Endpoint::Edits, limits());
   };
   // Image-to-image with every field as text.
-  ImageRequest r = ok(parse({{"image", image, "photo.png", "image/png"},
+  GenerationRequest r = ok(parse({{"image", image, "photo.png", "image/png"},
                              {"prompt", "a boat", "", ""},
                              {"n", "2", "", ""},
                              {"size", "64x32", "", ""},
@@ -397,7 +397,7 @@ TEST(ServerApi, JsonEditsAndJobs) {
   auto edit = [](const json& j) {
     return amused::server::parse_json_request(j.dump(), Endpoint::Edits, limits());
   };
-  ImageRequest r = ok(edit({{"prompt", "x"}, {"image", base64_encode(image)}}));
+  GenerationRequest r = ok(edit({{"prompt", "x"}, {"image", base64_encode(image)}}));
   EXPECT_EQ(r.mode, "image-to-image");
   EXPECT_EQ(r.image.width, 32);
   r = ok(edit({{"prompt", "x"},
@@ -428,7 +428,7 @@ TEST(ServerApi, JsonEditsAndJobs) {
 }
 
 TEST(ServerApi, ToParamsMatchesTheCli) {
-  ImageRequest r = gen_ok(
+  GenerationRequest r = gen_ok(
       R"({"prompt": "p", "negative_prompt": "q", "n": 2, "size": "64x32", "steps": 5,
           "guidance_scale": 3, "seed": 7, "temperature": 1.5, "aesthetic_score": 5,
           "crop_coord": [1, 2], "masking_schedule": "linear"})");
@@ -452,9 +452,9 @@ TEST(ServerApi, ToParamsMatchesTheCli) {
   EXPECT_FALSE(amused::server::to_params(gen_ok(R"({"prompt": "p"})")).t2i.temperature.scalar);
 
   // Edits: the strength defaults of the CLI (0.5 image-to-image, 1.0 inpainting).
-  ImageRequest e;
+  GenerationRequest e;
   e.mode = "image-to-image";
-  e.prompt = "p";
+  e.prompts = {"p"};
   e.image = solid(16, 16, 3);
   EXPECT_EQ(amused::server::to_params(e).img2img.strength, 0.5);
   EXPECT_EQ(amused::server::to_params(e).img2img.image.width, 16);
@@ -469,7 +469,7 @@ TEST(ServerApi, ToParamsMatchesTheCli) {
 }
 
 TEST(ServerApi, PngMetadataHasTheCliKeys) {
-  ImageRequest r = gen_ok(R"({"prompt": "p", "seed": 3, "guidance_scale": 4})");
+  GenerationRequest r = gen_ok(R"({"prompt": "p", "seed": 3, "guidance_scale": 4})");
   amused::GenerationResult result;
   result.images = {solid(16, 16, 0), solid(16, 16, 0)};
   result.seed = 3;
@@ -518,7 +518,7 @@ TEST(ServerApi, Utf8Sanitized) {
 // nlohmann::json's type_error 316 instead of answering 400.
 TEST(ServerApi, ErrorsQuotingBrokenUtf8StillSerialise) {
   RequestLimits limits;
-  auto error_of = [](const amused::server::Parsed<amused::server::ImageRequest>& p) {
+  auto error_of = [](const amused::server::Parsed<amused::server::GenerationRequest>& p) {
     EXPECT_TRUE(std::holds_alternative<ApiError>(p));
     return std::holds_alternative<ApiError>(p) ? std::get<ApiError>(p) : ApiError{};
   };
@@ -574,7 +574,7 @@ TEST(ServerApi, MutatedBodiesNeverThrow) {
 
 namespace {
 TEST(ServerApi, LoraScalesPerRequest) {
-  const ImageRequest r = gen_ok(R"({"prompt": "p", "loras": {"mushroom": 0.8, "ink": 0}})");
+  const GenerationRequest r = gen_ok(R"({"prompt": "p", "loras": {"mushroom": 0.8, "ink": 0}})");
   EXPECT_EQ(r.loras, (std::map<std::string, double>{{"mushroom", 0.8}, {"ink", 0.0}}));
   const auto call = amused::server::to_params(r);
   EXPECT_EQ(call.t2i.lora_scales, r.loras);
@@ -624,7 +624,7 @@ TEST(ServerApi, ErrorsSayWhatIsWrong) {
   EXPECT_EQ(e.param, "prompt");
   EXPECT_EQ(gen_err(R"({"prompt": "a", "loras": {"x": 1, "x": 2}})").code, "duplicate_parameter");
   // The same key in different objects is fine.
-  EXPECT_EQ(gen_ok(R"({"prompt": "a", "loras": {"prompt": 1}})").prompt, "a");
+  EXPECT_EQ(gen_ok(R"({"prompt": "a", "loras": {"prompt": 1}})").prompts.at(0), "a");
 }
 
 // The OpenAI SDK sends an array of images as "image[]": one is an image; several are refused as
@@ -634,7 +634,7 @@ TEST(ServerApi, MultipartImageArrayField) {
   auto parse = [](const std::vector<FormField>& f) {
     return amused::server::parse_multipart_request(f, Endpoint::Edits, limits());
   };
-  const ImageRequest r = ok(parse({{"image[]", image, "in.png", "image/png"}, {"prompt", "p", "", ""}}));
+  const GenerationRequest r = ok(parse({{"image[]", image, "in.png", "image/png"}, {"prompt", "p", "", ""}}));
   EXPECT_EQ(r.mode, "image-to-image");
   EXPECT_EQ(r.image.width, 64);
   EXPECT_EQ(r.image_name, "in.png");
@@ -653,7 +653,7 @@ TEST(ServerApi, MultipartImageArrayField) {
 // The steps a request runs, as job progress and responses report them: a queued edit and a
 // running one agree, and strength 0.01 reports the 0 steps it runs (it said 12).
 TEST(ServerApi, StepsToRunCountEditsLikeThePipeline) {
-  ImageRequest r;
+  GenerationRequest r;
   r.steps = 12;
   r.mode = "text-to-image";
   EXPECT_EQ(amused::server::steps_to_run(r), 12);

@@ -10,7 +10,7 @@
 #include "amused/error.h"
 #include "server/jobs.h"
 
-using amused::server::ImageRequest;
+using amused::server::GenerationRequest;
 using amused::server::Job;
 using amused::server::JobQueue;
 using amused::server::JobStatus;
@@ -36,28 +36,28 @@ struct FakeModel {
       ++runs;
       {
         std::lock_guard<std::mutex> lock(mu);
-        order.push_back(job.request.prompt);
+        order.push_back(job.request.prompts.at(0));
       }
       struct Leave {
         std::atomic<int>& a;
         ~Leave() { --a; }
       } leave{active};
-      if (job.request.prompt == "bad") throw amused::InvalidArgument("bad prompt");
-      if (job.request.prompt == "boom") throw std::runtime_error("boom");
+      if (job.request.prompts.at(0) == "bad") throw amused::InvalidArgument("bad prompt");
+      if (job.request.prompts.at(0) == "boom") throw std::runtime_error("boom");
       const int n = job.request.steps;
       for (int i = 1; i <= n || hold; ++i) {
         std::this_thread::sleep_for(1ms);
         if (!progress(std::min(i, n), n, 0.001))
           throw amused::Cancelled("cancelled after step " + std::to_string(i));
       }
-      return json{{"prompt", job.request.prompt}};
+      return json{{"prompt", job.request.prompts.at(0)}};
     };
   }
 };
 
-ImageRequest request(const std::string& prompt, int steps = 3) {
-  ImageRequest r;
-  r.prompt = prompt;
+GenerationRequest request(const std::string& prompt, int steps = 3) {
+  GenerationRequest r;
+  r.prompts = {prompt};
   r.steps = steps;
   return r;
 }
@@ -81,7 +81,7 @@ TEST(ServerQueue, RunsJobsOneAtATimeInOrder) {
     ASSERT_TRUE(j);
     ASSERT_TRUE(q.wait(j, 5s));
     EXPECT_EQ(q.status(j), JobStatus::Succeeded);
-    EXPECT_EQ((*j->result)["prompt"], j->request.prompt);
+    EXPECT_EQ((*j->result)["prompt"], j->request.prompts.at(0));
     EXPECT_EQ(j->step, 3);
     EXPECT_EQ(j->num_steps, 3);
   }

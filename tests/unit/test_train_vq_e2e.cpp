@@ -5,6 +5,8 @@
 // before step 1 naming the flag or file.
 #include <gtest/gtest.h>
 #include <signal.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <chrono>
@@ -132,6 +134,31 @@ TEST(TrainVqE2E, KilledRunResumesToTheSameLossesAndWeights) {
   EXPECT_GT(series(tmp / "full", "codes_restarted").size(), 0u);
   EXPECT_TRUE(file_bytes(out / "diffusion_pytorch_model.safetensors") ==
               file_bytes(tmp / "full" / "diffusion_pytorch_model.safetensors"));
+}
+
+// SIGTERM (a scheduler's stop, `kill`): the run writes a checkpoint at the step it reached and exits
+// with 128 + 15; --resume goes on from that checkpoint to the end.
+TEST(TrainVqE2E, SigtermWritesACheckpointAndExits143) {
+  gt::TempDir tmp;
+  make_images(tmp / "data", 16, 10);
+  const fs::path out = tmp / "run";
+  const std::string cmd = args(tmp / "data", out, 2000) + " --checkpointing-steps 10 --validation-steps 1000";
+  const int code = gt::run_cli_signalled(cmd, SIGTERM,
+                                         [&] { return fs::exists(out / "checkpoint-10" / "trainer_state.json"); });
+  ASSERT_EQ(code, 128 + SIGTERM) << "the run ended before the signal, or did not handle it";
+  // The stop checkpoint: the step it had reached (past 10), complete.
+  int64_t last = 0;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("checkpoint-", 0) == 0 && fs::exists(e.path() / "trainer_state.json"))
+      last = std::max<int64_t>(last, std::stoll(name.substr(11)));
+  }
+  EXPECT_GT(last, 10);
+  EXPECT_FALSE(fs::exists(out / "config.json"));  // not finished
+  auto resumed = gt::run_cli(args(tmp / "data", out, static_cast<int>(last) + 5) + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("resumed at"), std::string::npos) << resumed.out;
+  EXPECT_TRUE(fs::exists(out / "config.json"));
 }
 
 TEST(TrainVqE2E, DiscriminatorAndContinuingFromAVqFolder) {

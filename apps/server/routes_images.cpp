@@ -1,0 +1,122 @@
+// Generation routes: POST /v1/images/generations and /v1/images/edits (synchronous, through the
+// job queue), the worker's generate(), request parsing and the queue-full answer.
+#include "server/server_impl.h"
+
+#include <random>
+
+#include "amused/image_io.h"
+#include "server/base64.h"
+#include "server/connection.h"
+
+namespace amused::server {
+
+namespace {
+// Retry-After with jitter: a burst of refused clients should not all come back in the same second.
+int with_jitter(int seconds) {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  const int spread = std::max(1, seconds / 2);
+  return seconds + std::uniform_int_distribution<int>(0, spread)(rng);
+}
+}  // namespace
+
+json Server::Impl::generate(const Job& job, const JobQueue::Progress& progress) {
+  const GenerationRequest& r = job.request;
+  const ProgressCallback cb = [&](const StepInfo& s) {
+    return progress(s.step, s.num_steps, s.step_seconds);
+  };
+  const GenerationResult result = run_request(pipeline, r, cb);
+  const ModelSummary& summary = pipeline.summary();
+  json data = json::array();
+  for (size_t i = 0; i < result.images.size(); ++i) {
+    const std::string png = encode_png(
+        result.images[i],
+        png_metadata(r, result, i, options.model, summary.masking_schedule, summary.dtype));
+    data.push_back({{"b64_json", base64_encode(png)}, {"seed", result.seed}, {"index", i}});
+  }
+  const Timings& t = result.timings;
+  return {{"created", unix_now()},
+          {"data", data},
+          {"seed", result.seed},
+          {"model", options.model_id},
+          {"mode", r.mode},
+          {"width", result.images.empty() ? 0 : result.images[0].width},
+          {"height", result.images.empty() ? 0 : result.images[0].height},
+          {"steps", steps_to_run(r)},  // run: int(steps * strength) for edits
+          {"timings",
+           {{"text_encoder_s", t.text_encoder_s},
+            {"transformer_s", t.transformer_s},
+            {"scheduler_s", t.scheduler_s},
+            {"vq_decode_s", t.vq_decode_s},
+            {"generate_s", t.total_s},
+            {"step_s", t.step_s}}}};
+}
+
+Parsed<GenerationRequest> Server::Impl::parse(const httplib::Request& req, Endpoint endpoint) {
+  if (req.is_multipart_form_data()) {
+    if (endpoint == Endpoint::Generations)
+      return invalid("", "/v1/images/generations takes a JSON body (multipart is for edits)",
+                     "invalid_content_type");
+    std::vector<FormField> fields;
+    for (const auto& [name, f] : req.files)
+      fields.push_back({f.name, f.content, f.filename, f.content_type});
+    return parse_multipart_request(fields, endpoint, options.limits);
+  }
+  return parse_json_request(req.body, endpoint, options.limits);
+}
+
+void Server::Impl::reject_full(httplib::Response& res, bool shutting_down) {
+  if (shutting_down) {
+    send_error(res,
+               error_of(503, "server_error", "shutting_down", "the server is shutting down"));
+    return;
+  }
+  const int retry = with_jitter(queue->retry_after_seconds());
+  res.set_header("Retry-After", std::to_string(retry));
+  send_error(res, error_of(429, "rate_limit_exceeded", "queue_full",
+                           "the queue is full (" + std::to_string(options.max_queue) +
+                               " waiting); retry after " + std::to_string(retry) + " s"));
+}
+
+void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+  auto parsed = parse(req, endpoint);
+  if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
+  // The worker asks at every step whether the client is still there; so does this thread while
+  // the job waits in the queue.
+  const int fd = find_connection_socket(req.local_port, req.remote_addr, req.remote_port);
+  auto handler_done = std::make_shared<std::atomic<bool>>(false);
+  std::function<bool()> alive;
+  if (fd >= 0) alive = [fd, handler_done] { return !*handler_done && connection_alive(fd); };
+  bool shutting_down = false;
+  auto job =
+      queue->submit(std::move(std::get<GenerationRequest>(parsed)), false, alive, &shutting_down);
+  if (!job) return reject_full(res, shutting_down);
+  while (!queue->wait(job, std::chrono::milliseconds(50))) {
+    if (alive && !alive()) {
+      queue->cancel(job);
+      *handler_done = true;  // the descriptor may be reused once this handler returns
+      send_error(res, error_of(499, "invalid_request_error", "client_closed_request",
+                               "the client closed the connection; the job was cancelled"));
+      return;
+    }
+  }
+  *handler_done = true;
+  finish_sync(res, job);
+}
+
+void Server::Impl::finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job) {
+  switch (queue->status(job)) {
+    case JobStatus::Succeeded:
+      send_json(res, 200, *job->result);
+      return;
+    case JobStatus::Cancelled:
+      if (stopping)
+        return send_error(
+            res, error_of(503, "server_error", "shutting_down", "the server is shutting down"));
+      [[fallthrough]];
+    default:
+      return send_error(
+          res, job->error ? *job->error : error_of(500, "server_error", "internal", "no result"));
+  }
+}
+
+}  // namespace amused::server
