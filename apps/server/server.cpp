@@ -98,6 +98,37 @@ void Server::Impl::setup() {
                    "compressed request bodies (Content-Encoding) are not accepted"));
       return httplib::Server::HandlerResponse::Handled;
     }
+    // Content-Length, before a byte of the body is read: one value, decimal digits, within the
+    // route's cap. (A second, different value, "-5" or 20 digits used to hold the connection until
+    // the read timed out; an oversized body was read before the 413.)
+    if (const size_t n = req.get_header_value_count("Content-Length"); n > 0) {
+      const std::string first = req.get_header_value("Content-Length", 0);
+      for (size_t i = 1; i < n; ++i)
+        if (req.get_header_value("Content-Length", i) != first) {
+          reject_before_body(req, res,
+                             error_of(400, "invalid_request_error", "bad_request",
+                                      "conflicting Content-Length headers"));
+          return httplib::Server::HandlerResponse::Handled;
+        }
+      const bool digits = !first.empty() && first.size() <= 18 &&
+                          first.find_first_not_of("0123456789") == std::string::npos;
+      if (!digits) {
+        reject_before_body(req, res,
+                           error_of(first.size() > 18 && first.find_first_not_of("0123456789") ==
+                                                                std::string::npos
+                                        ? 413
+                                        : 400,
+                                    "invalid_request_error",
+                                    first.size() > 18 ? "payload_too_large" : "bad_request",
+                                    "invalid Content-Length '" + first.substr(0, 32) + "'"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      const uint64_t cap = body_cap(req);
+      if (std::stoull(first) > cap) {
+        reject_before_body(req, res, too_large(cap));
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
@@ -113,8 +144,8 @@ void Server::Impl::setup() {
           reject_before_body(req, res, *e);
           return 401;
         }
-        if (req.get_header_value<uint64_t>("Content-Length") > options.max_body_bytes) {
-          reject_before_body(req, res, too_large());
+        if (req.get_header_value<uint64_t>("Content-Length") > body_cap(req)) {
+          reject_before_body(req, res, too_large(body_cap(req)));
           return 413;
         }
         return 100;
@@ -137,7 +168,7 @@ void Server::Impl::setup() {
                          "no route for " + req.method + " " + req.path + " (see docs/server.md)");
             break;
           case 413:
-            e = too_large();
+            e = too_large(body_cap(req));
             break;
           case 414:
             e = error_of(414, "invalid_request_error", "uri_too_long",
@@ -247,10 +278,19 @@ std::optional<ApiError> Server::Impl::auth_error(const httplib::Request& req) co
       auth.empty() ? "missing 'Authorization: Bearer <key>' header" : "invalid API key");
 }
 
-ApiError Server::Impl::too_large() const {
+ApiError Server::Impl::too_large(uint64_t cap) const {
   return error_of(413, "invalid_request_error", "payload_too_large",
-                  "the request body is larger than the limit of " +
-                      std::to_string(options.max_body_bytes) + " bytes");
+                  "the request body is larger than this route's limit of " + std::to_string(cap) +
+                      " bytes");
+}
+
+uint64_t Server::Impl::body_cap(const httplib::Request& req) const {
+  const uint64_t all = options.max_body_bytes;
+  // Only edits (and jobs, which may be edits) carry images; a generation is a few kB of JSON.
+  if (req.method == "POST" && (req.path == "/v1/images/edits" || req.path == "/v1/jobs")) return all;
+  if (req.method == "POST" && req.path == "/v1/images/generations")
+    return std::min<uint64_t>(all, 256u << 10);
+  return std::min<uint64_t>(all, 64u << 10);  // job cancels, GET, DELETE: no body worth the name
 }
 
 Server::Server(Pipeline& pipeline, ServerOptions options)

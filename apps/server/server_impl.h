@@ -120,7 +120,11 @@ struct Server::Impl {
   void setup();
   // 401 when an API key is set and the request does not carry it (/health is open).
   std::optional<ApiError> auth_error(const httplib::Request& req) const;
-  ApiError too_large() const;
+  // 413 for a body over `cap` bytes.
+  ApiError too_large(uint64_t cap) const;
+  // The largest body a request's route accepts: --max-body-mb for edits and jobs, 256 KiB for
+  // generations (JSON without images), 64 KiB elsewhere.
+  uint64_t body_cap(const httplib::Request& req) const;
 };
 
 }  // namespace amused::server
