@@ -51,17 +51,15 @@ json Server::Impl::generate(const Job& job, const JobQueue::Progress& progress) 
             {"step_s", t.step_s}}}};
 }
 
-Parsed<GenerationRequest> Server::Impl::parse(const httplib::Request& req, Endpoint endpoint) {
-  if (req.is_multipart_form_data()) {
+Parsed<GenerationRequest> Server::Impl::parse(const httplib::Request& req, const Body& body,
+                                              Endpoint endpoint) {
+  if (body.multipart) {
     if (endpoint == Endpoint::Generations)
       return invalid("", "/v1/images/generations takes a JSON body (multipart is for edits)",
                      "invalid_content_type");
-    std::vector<FormField> fields;
-    for (const auto& [name, f] : req.files)
-      fields.push_back({f.name, f.content, f.filename, f.content_type});
-    return parse_multipart_request(fields, endpoint, options.limits);
+    return parse_multipart_request(body.fields, endpoint, options.limits);
   }
-  return parse_json_request(req.body, endpoint, options.limits);
+  return parse_json_request(body.text, endpoint, options.limits);
 }
 
 void Server::Impl::reject_full(httplib::Response& res, bool shutting_down) {
@@ -77,8 +75,9 @@ void Server::Impl::reject_full(httplib::Response& res, bool shutting_down) {
                                " waiting); retry after " + std::to_string(retry) + " s"));
 }
 
-void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
-  auto parsed = parse(req, endpoint);
+void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& res, const Body& body,
+                               Endpoint endpoint) {
+  auto parsed = parse(req, body, endpoint);
   if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
   // The worker asks at every step whether the client is still there; so does this thread while
   // the job waits in the queue.

@@ -84,12 +84,24 @@ void Server::Impl::setup() {
       res.set_header("Access-Control-Max-Age", "600");
       return httplib::Server::HandlerResponse::Handled;
     }
+    // Chunked bodies (the OpenAI SDK's uploads of streams) are read by the POST routes that take
+    // a body, with the same cap; no other transfer coding, nothing chunked elsewhere, and never
+    // together with Content-Length (request smuggling).
     if (req.has_header("Transfer-Encoding")) {
-      reject_before_body(
-          req, res,
-          error_of(411, "invalid_request_error", "length_required",
-                   "chunked request bodies are not accepted; send Content-Length"));
-      return httplib::Server::HandlerResponse::Handled;
+      std::string te = req.get_header_value("Transfer-Encoding");
+      std::transform(te.begin(), te.end(), te.begin(), [](unsigned char c) { return std::tolower(c); });
+      const bool body_route = req.method == "POST" && (req.path == "/v1/images/generations" ||
+                                                       req.path == "/v1/images/edits" || req.path == "/v1/jobs");
+      if (te != "chunked" || !body_route || req.has_header("Content-Length") ||
+          req.get_header_value_count("Transfer-Encoding") > 1) {
+        reject_before_body(
+            req, res,
+            error_of(411, "invalid_request_error", "length_required",
+                     te != "chunked" ? "Transfer-Encoding '" + te.substr(0, 32) + "' is not accepted (chunked is)"
+                     : !body_route   ? "this route takes no chunked body; send Content-Length"
+                                     : "Transfer-Encoding and Content-Length together are not accepted"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
     }
     if (req.has_header("Content-Encoding")) {
       reject_before_body(
@@ -250,12 +262,31 @@ void Server::Impl::setup() {
   http.Get("/v1/models", guard([this](const Req&, Res& res) { models(res); }));
   http.Get("/v1/models/(.+)", guard([this](const Req& req, Res& res) { model(req, res); }));
   http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
-  http.Post("/v1/images/generations", guard([this](const Req& req, Res& res) {
-              images_sync(req, res, Endpoint::Generations);
+  // The routes that take a body read it themselves (read_body): chunked or not, up to their cap.
+  using BodyHandler = std::function<void(const Req&, Res&, const Body&)>;
+  auto with_body = [this](BodyHandler fn) {
+    return [this, fn = std::move(fn)](const Req& req, Res& res, const httplib::ContentReader& reader) {
+      Body body;
+      const auto read_error = read_body(req, reader, body);
+      // The key is checked once the body is in (answering earlier and closing could reset the
+      // connection before the client reads the answer).
+      if (auto e = auth_error(req)) {
+        res.set_header("WWW-Authenticate", "Bearer");
+        return send_error(res, *e);
+      }
+      if (read_error) return reject_before_body(req, res, *read_error);
+      fn(req, res, body);
+    };
+  };
+  http.Post("/v1/images/generations", with_body([this](const Req& req, Res& res, const Body& body) {
+              images_sync(req, res, body, Endpoint::Generations);
             }));
-  http.Post("/v1/images/edits",
-            guard([this](const Req& req, Res& res) { images_sync(req, res, Endpoint::Edits); }));
-  http.Post("/v1/jobs", guard([this](const Req& req, Res& res) { jobs_submit(req, res); }));
+  http.Post("/v1/images/edits", with_body([this](const Req& req, Res& res, const Body& body) {
+              images_sync(req, res, body, Endpoint::Edits);
+            }));
+  http.Post("/v1/jobs", with_body([this](const Req& req, Res& res, const Body& body) {
+              jobs_submit(req, res, body);
+            }));
   http.Get("/v1/jobs",
            guard([this](const Req&, Res& res) { send_json(res, 200, queue->list()); }));
   const std::string id = "/v1/jobs/([A-Za-z0-9_]{1,64})";
@@ -291,6 +322,49 @@ uint64_t Server::Impl::body_cap(const httplib::Request& req) const {
   if (req.method == "POST" && req.path == "/v1/images/generations")
     return std::min<uint64_t>(all, 256u << 10);
   return std::min<uint64_t>(all, 64u << 10);  // job cancels, GET, DELETE: no body worth the name
+}
+
+std::optional<ApiError> Server::Impl::read_body(const httplib::Request& req,
+                                                const httplib::ContentReader& reader, Body& out) {
+  const uint64_t cap = body_cap(req);
+  uint64_t total = 0;
+  bool over = false;
+  auto take = [&](size_t n) {
+    total += n;
+    over = total > cap;
+    return !over;
+  };
+  bool ok = false;
+  if (req.is_multipart_form_data()) {
+    out.multipart = true;
+    ok = reader(
+        [&](const httplib::MultipartFormData& part) {
+          if (out.fields.size() >= 64) return false;  // no request has more fields
+          out.fields.push_back({part.name, "", part.filename, part.content_type});
+          return true;
+        },
+        [&](const char* data, size_t n) {
+          if (!take(n) || out.fields.empty()) return false;
+          out.fields.back().content.append(data, n);
+          return true;
+        });
+  } else {
+    ok = reader([&](const char* data, size_t n) {
+      if (!take(n)) return false;
+      out.text.append(data, n);
+      return true;
+    });
+  }
+  if (over) {
+    out = Body{};  // the memory back at once
+    return too_large(cap);
+  }
+  if (!ok) {
+    out = Body{};
+    return error_of(400, "invalid_request_error", "bad_request",
+                    "malformed HTTP request body (or multipart body)");
+  }
+  return std::nullopt;
 }
 
 Server::Server(Pipeline& pipeline, ServerOptions options)

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "server/http.h"
 #include "server/jobs.h"
@@ -93,16 +94,27 @@ struct Server::Impl {
     setup();
   }
 
+  // A POST body as the routes that take one read it themselves (with Content-Length or chunked),
+  // never more than the route's cap: the text of a JSON body, or the parts of a multipart one.
+  struct Body {
+    std::string text;
+    std::vector<FormField> fields;
+    bool multipart = false;
+  };
+  // Reads it; an error (413 over the cap, 400 malformed) when it cannot.
+  std::optional<ApiError> read_body(const httplib::Request& req, const httplib::ContentReader& reader,
+                                    Body& out);
+
   // routes_images.cpp: generation on the worker thread, request parsing, the synchronous routes.
   json generate(const Job& job, const JobQueue::Progress& progress);
-  Parsed<GenerationRequest> parse(const httplib::Request& req, Endpoint endpoint);
+  Parsed<GenerationRequest> parse(const httplib::Request& req, const Body& body, Endpoint endpoint);
   void reject_full(httplib::Response& res, bool shutting_down);
-  void images_sync(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void images_sync(const httplib::Request& req, httplib::Response& res, const Body& body, Endpoint endpoint);
   // Answers for a finished job (whose fields no longer change once its status is final).
   void finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job);
 
   // routes_jobs.cpp: the job API.
-  void jobs_submit(const httplib::Request& req, httplib::Response& res);
+  void jobs_submit(const httplib::Request& req, httplib::Response& res, const Body& body);
   std::shared_ptr<Job> find_job(const httplib::Request& req, httplib::Response& res);
   void jobs_result(const httplib::Request& req, httplib::Response& res);
   void jobs_cancel(const httplib::Request& req, httplib::Response& res, bool is_delete);

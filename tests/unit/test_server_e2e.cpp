@@ -677,3 +677,61 @@ TEST(ServerE2E, ContentLengthIsCheckedBeforeTheBody) {
   EXPECT_EQ(edit->status, 400) << edit->body;
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
+
+// Chunked uploads (the OpenAI SDK sends streams so) are read with the same per-route cap; they
+// were answered 411 (issue 19).
+TEST(ServerE2E, ChunkedBodiesAreAccepted) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server;
+  auto c = server.client();
+  const std::string gen = json({{"prompt", "a red fox"}, {"seed", 7}, {"steps", 2}}).dump();
+  auto r = c->Post(
+      "/v1/images/generations",
+      [&](size_t, httplib::DataSink& sink) {
+        sink.write(gen.data(), gen.size() / 2);
+        sink.write(gen.data() + gen.size() / 2, gen.size() - gen.size() / 2);
+        sink.done();
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+
+  // A multipart edit, chunked.
+  const std::string png = amused::encode_png(half_white_mask(16, 16));
+  const std::string boundary = "amusedboundary";
+  std::string form = "--" + boundary + "\r\nContent-Disposition: form-data; name=\"image\"; filename=\"in.png\"\r\n"
+                     "Content-Type: image/png\r\n\r\n" + png + "\r\n--" + boundary +
+                     "\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na blue fox\r\n--" + boundary +
+                     "\r\nContent-Disposition: form-data; name=\"steps\"\r\n\r\n2\r\n--" + boundary + "--\r\n";
+  r = c->Post(
+      "/v1/images/edits",
+      [&](size_t, httplib::DataSink& sink) {
+        for (size_t at = 0; at < form.size(); at += 1000) sink.write(form.data() + at, std::min<size_t>(1000, form.size() - at));
+        sink.done();
+        return true;
+      },
+      "multipart/form-data; boundary=" + boundary);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(body_of(r)["mode"], "image-to-image");
+
+  // Over the generation route's 256 KiB, chunked: refused once the cap is passed.
+  std::string big = "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%x\r\n", 280000);
+  big += size_line + std::string(270000, ' ');
+  const std::string answer = raw_exchange(server.port(), big);
+  EXPECT_EQ(answer.substr(0, 12), "HTTP/1.1 413") << answer.substr(0, 400);
+  EXPECT_NE(answer.find("payload_too_large"), std::string::npos) << answer.substr(0, 400);
+
+  // Chunked and Content-Length together, or another transfer coding: refused.
+  const std::string both = raw_exchange(server.port(),
+      "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
+  EXPECT_EQ(both.substr(0, 12), "HTTP/1.1 411") << both;
+  const std::string gzip = raw_exchange(server.port(),
+      "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
+  EXPECT_EQ(gzip.substr(0, 12), "HTTP/1.1 411") << gzip;
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
