@@ -117,11 +117,20 @@ int run(const GenerateArgs& given) {
   const fs::path output(a.output);
   if (output.extension() != ".png")
     throw amused::InvalidArgument("--output '" + a.output + "' must end in .png");
+  const auto is_dir = [](const fs::path& p) {
+    std::error_code ec;  // a path that cannot be examined is not a folder (the write then says why)
+    return fs::is_directory(p, ec);
+  };
+  // Names longer than the file system takes, before any call that would stat them.
+  for (const std::string& name : {output.filename().string(), fs::path(a.save_tokens).filename().string()})
+    if (name.size() > NAME_MAX)
+      throw amused::InvalidArgument("output name '" + name.substr(0, 40) + "...' is " + std::to_string(name.size()) +
+                                    " bytes; the limit is " + std::to_string(NAME_MAX));
   const fs::path out_dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
-  if (!fs::is_directory(out_dir))
+  if (!is_dir(out_dir))
     throw amused::InvalidArgument("--output: folder '" + out_dir.string() + "' does not exist (create it first)");
   // Caught here rather than after minutes of generation (or after the images were written).
-  if (fs::is_directory(output))
+  if (is_dir(output))
     throw amused::InvalidArgument("--output '" + a.output + "' is a folder, expected the path of a .png file");
   // Every file this run will write, checked before minutes of generation: none is a folder, none
   // is written twice, every name fits the file system, every folder is writable.
@@ -148,13 +157,13 @@ int run(const GenerateArgs& given) {
         throw amused::InvalidArgument("cannot write into folder '" + dir.string() + "': " + std::strerror(errno));
     }
   }
-  if (!a.save_tokens.empty() && fs::is_directory(a.save_tokens))
+  if (!a.save_tokens.empty() && is_dir(a.save_tokens))
     throw amused::InvalidArgument("--save-tokens '" + a.save_tokens +
                                   "' is a folder, expected the path of a .safetensors file");
   if (!a.save_tokens.empty()) {
     const fs::path tp(a.save_tokens);
     const fs::path td = tp.has_parent_path() ? tp.parent_path() : fs::path(".");
-    if (!fs::is_directory(td))
+    if (!is_dir(td))
       throw amused::InvalidArgument("--save-tokens: folder '" + td.string() + "' does not exist");
   }
   if (!a.mask.empty() && a.init_image.empty())

@@ -118,7 +118,12 @@ amused::cli::Registrar reg(
           ->capture_default_str();
       sub.add_option("--max-steps", o->max_steps, "Optimizer steps")->capture_default_str();
       sub.add_option("--batch-size", o->batch_size, "Images per step")->capture_default_str();
-      sub.add_option("--learning-rate,--lr", o->learning_rate, "AdamW learning rate (constant)")->capture_default_str();
+      sub.add_option("--learning-rate,--lr", o->learning_rate, "AdamW learning rate (peak, with a schedule)")
+          ->capture_default_str();
+      sub.add_option("--lr-scheduler", o->lr_scheduler, "constant | constant_with_warmup | linear | cosine")
+          ->capture_default_str();
+      sub.add_option("--lr-warmup-steps", o->lr_warmup_steps, "Warm-up steps of the schedules that have one")
+          ->capture_default_str();
       sub.add_option("--adam-beta1", o->adam_beta1, "AdamW beta1")->capture_default_str();
       sub.add_option("--adam-beta2", o->adam_beta2, "AdamW beta2")->capture_default_str();
       sub.add_option("--adam-weight-decay", o->adam_weight_decay, "AdamW weight decay")->capture_default_str();

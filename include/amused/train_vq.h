@@ -74,6 +74,10 @@ struct VQTrainOptions {
   int64_t max_steps = 10000;
   int64_t batch_size = 16;
   double learning_rate = 2e-4;
+  // constant | constant_with_warmup | linear | cosine (as `amused train`; the discriminator's rate
+  // follows the same curve). A decay at the end of a run settles the reconstruction error.
+  std::string lr_scheduler = "constant";
+  int64_t lr_warmup_steps = 0;
   double adam_beta1 = 0.5, adam_beta2 = 0.9;  // taming-transformers' VQGAN betas
   double adam_weight_decay = 0.0;
   double adam_epsilon = 1e-8;

@@ -62,6 +62,9 @@ void validate(const VQTrainOptions& o) {
   if (o.batch_size < 1) throw InvalidArgument("--batch-size must be at least 1, got " + std::to_string(o.batch_size));
   if (!(std::isfinite(o.learning_rate) && o.learning_rate > 0))
     throw InvalidArgument("--learning-rate must be a positive number, got " + fmt(o.learning_rate));
+  parse_lr_schedule(o.lr_scheduler);  // throws, naming the choices
+  if (o.lr_warmup_steps < 0)
+    throw InvalidArgument("--lr-warmup-steps must be >= 0, got " + std::to_string(o.lr_warmup_steps));
   if (!(std::isfinite(o.disc_learning_rate) && o.disc_learning_rate >= 0))
     throw InvalidArgument("--disc-learning-rate must be >= 0 (0: --learning-rate), got " + fmt(o.disc_learning_rate));
   if (o.resolution < 1) throw InvalidArgument("--resolution must be positive, got " + std::to_string(o.resolution));
@@ -496,6 +499,13 @@ VQTrainSummary VQTrainerImpl::run(const VQTrainCallback& progress) {
         if (t.grad().defined()) sq += std::pow(t.grad().norm().item<double>(), 2);
       grad_norm = std::sqrt(sq);
     }
+    const LrSchedule schedule = parse_lr_schedule(o_.lr_scheduler);
+    const double lr = lr_at(step_, o_.learning_rate, schedule, o_.lr_warmup_steps, o_.max_steps);
+    set_lr(*optimizer_, lr);
+    if (disc_optimizer_) {
+      const double disc_base = o_.disc_learning_rate > 0 ? o_.disc_learning_rate : o_.learning_rate;
+      set_lr(*disc_optimizer_, lr_at(step_, disc_base, schedule, o_.lr_warmup_steps, o_.max_steps));
+    }
     optimizer_->step();
     zero_grad(*optimizer_);
     if (ema_codebook_) ema_update(codebook_, codebook, z_flat, q.indices, o_.ema_decay);
@@ -521,7 +531,7 @@ VQTrainSummary VQTrainerImpl::run(const VQTrainCallback& progress) {
     p.loss_smoothed = loss_smoothed_ / loss_weight_sum_;
     p.rec_loss = rec_loss.item<double>();
     p.commit_loss = q.commit_loss.item<double>();
-    p.learning_rate = o_.learning_rate;
+    p.learning_rate = lr;
     p.grad_norm = grad_norm;
     p.batch_codes_used =
         (torch::bincount(q.indices.flatten(), {}, vq_->config().num_vq_embeddings) > 0).sum().item<int64_t>();

@@ -198,7 +198,7 @@ TEST(ServerApi, BadFieldsAreNamed) {
       {R"({"prompt": "x", "n": -1})", "n", "invalid_value"},
       {R"({"prompt": "x", "n": 1.5})", "n", "invalid_type"},
       {R"({"prompt": "x", "n": "2"})", "n", "invalid_type"},
-      {R"({"prompt": "x", "n": 99999999999999999999})", "n", "invalid_type"},
+      {R"({"prompt": "x", "n": 99999999999999999999})", "n", "invalid_value"},  // out of range, not a type error
       {R"({"prompt": "x", "steps": 0})", "steps", "invalid_value"},
       {R"({"prompt": "x", "steps": 101})", "steps", "invalid_value"},
       {R"({"prompt": "x", "steps": true})", "steps", "invalid_type"},
@@ -226,7 +226,7 @@ TEST(ServerApi, BadFieldsAreNamed) {
       {R"({"prompt": "x", "seed": -1})", "seed", "invalid_value"},
       {R"({"prompt": "x", "seed": 1.5})", "seed", "invalid_type"},
       {R"({"prompt": "x", "seed": "1"})", "seed", "invalid_type"},
-      {R"({"prompt": "x", "seed": 18446744073709551616})", "seed", "invalid_type"},
+      {R"({"prompt": "x", "seed": 18446744073709551616})", "seed", "invalid_value"},  // 2^64: out of range
       {R"({"prompt": "x", "temperature": [1, 2, 3]})", "temperature", "invalid_value"},
       {R"({"prompt": "x", "temperature": []})", "temperature", "invalid_value"},
       {R"({"prompt": "x", "temperature": [1, "x"]})", "temperature", "invalid_type"},

@@ -161,6 +161,28 @@ TEST(TrainVqE2E, SigtermWritesACheckpointAndExits143) {
   EXPECT_TRUE(fs::exists(out / "config.json"));
 }
 
+// --lr-scheduler: the learning rate follows the schedule (logged per step); a cosine decay ends
+// near zero, a constant one stays put.
+TEST(TrainVqE2E, LearningRateSchedule) {
+  gt::TempDir tmp;
+  make_images(tmp / "data", 16, 6);
+  auto r = gt::run_cli(args(tmp / "data", tmp / "cos", 12) +
+                       " --lr-scheduler cosine --lr-warmup-steps 2 --validation-steps 1000 --checkpointing-steps 1000");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto lr = series(tmp / "cos", "lr");
+  ASSERT_EQ(lr.size(), 12u);
+  EXPECT_EQ(lr[0], 0.0);                     // warm-up starts at 0, as diffusers' schedules do
+  EXPECT_NEAR(lr[2], 1e-3, 1e-12);           // the peak after 2 warm-up steps
+  for (size_t i = 3; i < lr.size(); ++i) EXPECT_LT(lr[i], lr[i - 1]) << i;
+  EXPECT_LT(lr.back(), 1e-3 * 0.05);
+  r = gt::run_cli(args(tmp / "data", tmp / "const", 4) + " --validation-steps 1000 --checkpointing-steps 1000");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (double v : series(tmp / "const", "lr")) EXPECT_EQ(v, 1e-3);
+  r = gt::run_cli(args(tmp / "data", tmp / "bad", 4) + " --lr-scheduler exponential");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("exponential"), std::string::npos) << r.err;
+}
+
 TEST(TrainVqE2E, DiscriminatorAndContinuingFromAVqFolder) {
   gt::TempDir tmp;
   make_images(tmp / "data", 16, 10);
