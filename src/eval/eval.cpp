@@ -66,12 +66,14 @@ torch::Tensor RetrievalIndex::distances(const Image& query) const {
   return (squared_ - 2 * features_.matmul(q) + q.pow(2).sum()).clamp_min(0);
 }
 
-int64_t RetrievalIndex::rank(const Image& query, size_t target) const {
+RetrievalIndex::Match RetrievalIndex::match(const Image& query, size_t target) const {
   if (target >= size()) throw InvalidArgument("retrieval target out of range");
   const torch::Tensor d = distances(query);
   const double t = d[static_cast<int64_t>(target)].item<double>();
-  return d.lt(t - 1e-6).sum().item<int64_t>();
+  return {d.lt(t - 1e-6).sum().item<int64_t>(), static_cast<size_t>(d.argmin().item<int64_t>())};
 }
+
+int64_t RetrievalIndex::rank(const Image& query, size_t target) const { return match(query, target).rank; }
 
 size_t RetrievalIndex::nearest(const Image& query) const {
   return static_cast<size_t>(distances(query).argmin().item<int64_t>());
@@ -79,11 +81,9 @@ size_t RetrievalIndex::nearest(const Image& query) const {
 
 size_t RetrievalIndex::nearest_among(const Image& query, const std::vector<size_t>& candidates) const {
   if (candidates.empty()) throw InvalidArgument("retrieval among no candidates");
-  const torch::Tensor d = distances(query);
-  size_t best = candidates[0];
-  for (size_t c : candidates)
-    if (d[static_cast<int64_t>(c)].item<double>() < d[static_cast<int64_t>(best)].item<double>()) best = c;
-  return best;
+  std::vector<int64_t> idx(candidates.begin(), candidates.end());
+  const torch::Tensor among = distances(query).index_select(0, torch::tensor(idx, torch::kInt64));
+  return candidates[static_cast<size_t>(among.argmin().item<int64_t>())];  // the first of equals, as before
 }
 
 }  // namespace eval
@@ -223,8 +223,9 @@ class Evaluator {
       for (size_t i = b; i < e; ++i) {
         Outcome oc;
         oc.image = r.images[i - b];
-        oc.rank = index_->rank(oc.image, qs[i].row);
-        oc.nearest = index_->nearest(oc.image);
+        const auto m = index_->match(oc.image, qs[i].row);  // one distance computation for both
+        oc.rank = m.rank;
+        oc.nearest = m.nearest;
         out.push_back(std::move(oc));
       }
       done_ += static_cast<int64_t>(e - b);

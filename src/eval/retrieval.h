@@ -22,6 +22,12 @@ class RetrievalIndex {
   // exact duplicates of the target tie with it and do not count).
   int64_t rank(const Image& query, size_t target) const;
   size_t nearest(const Image& query) const;
+  // rank() and nearest() from one computation of the distances.
+  struct Match {
+    int64_t rank = 0;
+    size_t nearest = 0;
+  };
+  Match match(const Image& query, size_t target) const;
   // Among `candidates` (gallery indices), the nearest to `query`.
   size_t nearest_among(const Image& query, const std::vector<size_t>& candidates) const;
   size_t size() const { return static_cast<size_t>(features_.size(0)); }

@@ -178,6 +178,16 @@ TEST(Retrieval, TheTargetItselfRanksFirstAndDuplicatesTie) {
   EXPECT_EQ(idx.nearest_among(solid(64, 190, 10, 10), {1, 3}), 3u);
   // Another size is compared at the same 16x16 feature.
   EXPECT_EQ(idx.rank(solid(48, 0, 0, 200), 2), 0);
+  // match(): rank and nearest from one computation, as the separate calls give them.
+  const auto q = solid(64, 150, 60, 20);
+  for (size_t t = 0; t < g.size(); ++t) {
+    const auto m = idx.match(q, t);
+    EXPECT_EQ(m.rank, idx.rank(q, t)) << t;
+    EXPECT_EQ(m.nearest, idx.nearest(q)) << t;
+  }
+  // Equal distances: the first candidate listed wins (g[0] and g[3] are the same image).
+  EXPECT_EQ(idx.nearest_among(g[0], {3, 0}), 3u);
+  EXPECT_EQ(idx.nearest_among(g[0], {0, 3}), 0u);
 }
 
 // ------------------------------------------------------------------------------ pre-training
