@@ -2,6 +2,9 @@
 // shape, request logging) and authentication. The handlers are in routes_*.cpp (server_impl.h).
 #include "server/server.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -46,6 +49,27 @@ std::optional<std::string> bearer_token(const std::string& auth) {
   const size_t key = auth.find_first_not_of(' ', space);
   if (key == std::string::npos) return std::nullopt;
   return auth.substr(key);
+}
+
+// A lingering close after an answer sent before the request's body was read (413, 401, ...):
+// the write side is shut (the client sees the end of the answer), then what the client still
+// sends is read and dropped, until it pauses for 200 ms, stops, or 2 s or 64 MiB have passed.
+// Closing at once would reset the connection under a client still writing its body, which then
+// never reads the answer. Bounded, so a refused client holds its thread for 2 s at most.
+void drain_after_refusal(const httplib::Request& req) {
+  const int fd = find_connection_socket(req.local_port, req.remote_addr, req.remote_port);
+  if (fd < 0) return;
+  ::shutdown(fd, SHUT_WR);
+  char buf[16384];
+  size_t drained = 0;
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (drained < (64u << 20) && Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) break;
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    drained += static_cast<size_t>(n);
+  }
 }
 
 }  // namespace
@@ -227,6 +251,11 @@ void Server::Impl::setup() {
       });
 
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    // Called once the answer is written: a refusal sent before the body lingers here.
+    if (t_refused_before_body) {
+      t_refused_before_body = false;
+      drain_after_refusal(req);
+    }
     {
       std::lock_guard<std::mutex> lock(metrics_mu);
       ++responses_by_status[res.status];

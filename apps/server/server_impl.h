@@ -49,9 +49,15 @@ inline ApiError error_of(int status, std::string type, std::string code, std::st
   return e;
 }
 
+// Set by reject_before_body for the request this HTTP thread serves: once the answer is written, the
+// logger lingers on the connection (drain_after_refusal) before httplib closes it.
+inline thread_local bool t_refused_before_body = false;
+
 // Answers before the body has been read: the unread body would otherwise be taken for the next
-// request on a keep-alive connection, so the connection is closed after this response.
+// request on a keep-alive connection, so the connection is closed after this response (after a
+// short drain, so that a client still sending its body gets to read the answer).
 inline void reject_before_body(const httplib::Request& req, httplib::Response& res, const ApiError& e) {
+  t_refused_before_body = true;
   auto& mreq = const_cast<httplib::Request&>(req);  // httplib owns it non-const
   mreq.headers.erase("Connection");
   mreq.headers.emplace("Connection", "close");
