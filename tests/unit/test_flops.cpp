@@ -1,6 +1,11 @@
-// The analytic work counts used by `amused bench` against the figures in the performance issue
-// (about 211 GFLOP per amused-256 transformer forward per image, about 0.47 TFLOP per 256x256 VQ
-// decode and 1.9 TFLOP per 512x512 decode).
+// The analytic work counts used by `amused bench` (src/models/flops.cpp, derived from the configs:
+// 2 x the multiply-adds of every matrix product and convolution) against figures obtained
+// independently of them. Source: the project's performance issue (issue 5, "Performance: the
+// fastest aMUSEd on a CPU, and ready for CUDA"), which states, for the official configs, "about 211
+// GFLOP per transformer forward per image", "about 0.47 TFLOP for the VQ decode" at 256x256 and
+// "about 1.9 TFLOP" at 512x512. The tolerances (3% and 5%) are that "about": two independent
+// counts of the same network agree, and a missing or doubled transformer layer in flops.cpp (one of
+// 22, about 4.5% of the forward) fails.
 #include <gtest/gtest.h>
 
 #include "core/config.h"
