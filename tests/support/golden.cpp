@@ -1,5 +1,7 @@
 #include "support/golden.h"
 
+#include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -202,14 +204,34 @@ CliResult run_cli(const std::string& args) {
   return r;
 }
 
-int run_cli_signalled(const std::string& args, int sig, const std::function<bool()>& when) {
-  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args + " >/dev/null 2>&1";
+pid_t spawn_tied_to_test(const std::vector<std::string>& argv, const std::string& stdout_path,
+                         const std::string& stderr_path) {
+  if (argv.empty()) return -1;
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = ::getpid();
   const pid_t pid = fork();
+  if (pid != 0) return pid;
+  // The child: only async-signal-safe calls from here to exec.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) _exit(127);  // the test died before prctl took effect
+  auto redirect = [](int fd, const std::string& path, int flags) {
+    const int f = open(path.empty() ? "/dev/null" : path.c_str(), flags, 0644);
+    if (f < 0 || dup2(f, fd) < 0) _exit(127);
+    if (f != fd) close(f);
+  };
+  redirect(0, "", O_RDONLY);
+  redirect(1, stdout_path, O_WRONLY | O_CREAT | O_TRUNC);
+  redirect(2, stderr_path, O_WRONLY | O_CREAT | O_TRUNC);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
+int run_cli_signalled(const std::string& args, int sig, const std::function<bool()>& when) {
+  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args;
+  const pid_t pid = spawn_tied_to_test({"/bin/sh", "-c", cmd});
   if (pid < 0) return -1;
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   bool sent = false;
   int status = 0;
   for (int i = 0; i < 20000 && !sent; ++i) {
@@ -230,13 +252,9 @@ int run_cli_signalled(const std::string& args, int sig, const std::function<bool
 
 bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
                             const std::function<bool()>& finished) {
-  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args + " >/dev/null 2>&1";
-  const pid_t pid = fork();
+  const std::string cmd = std::string("exec '") + AMUSED_CLI_PATH + "' " + args;
+  const pid_t pid = spawn_tied_to_test({"/bin/sh", "-c", cmd});
   if (pid < 0) return false;
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   bool killed_mid_run = false;
   for (int i = 0; i < 20000; ++i) {
     if (kill_when()) {

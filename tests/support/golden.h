@@ -12,6 +12,8 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <sys/types.h>
+#include <vector>
 
 #include "amused/pipeline.h"
 
@@ -47,7 +49,7 @@ std::filesystem::path keys_dir();
 // Load options that reproduce the reference exactly (float32 on the CPU).
 inline amused::LoadOptions reference_options() {
   amused::LoadOptions o;
-  o.dtype = "float32";
+  o.dtype = amused::DType::Float32;
   return o;
 }
 
@@ -80,6 +82,13 @@ CliResult run_cli(const std::string& args);
 // mid-run: `kill_when()` held and `finished()` (e.g. "the final output exists") did not yet.
 bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
                             const std::function<bool()>& finished);
+
+// Starts argv[0] with argv (stdin from /dev/null; stdout and stderr to the files given, "" =
+// /dev/null) in a child that the kernel kills (SIGKILL) if this test process dies first, so a
+// crashed or killed test never leaves a server or a training run behind. Returns the child's pid,
+// or -1 (errno set) when it cannot start.
+pid_t spawn_tied_to_test(const std::vector<std::string>& argv, const std::string& stdout_path = "",
+                         const std::string& stderr_path = "");
 
 // Starts the CLI with `args` (output discarded), sends `sig` once `when()` holds (polled every few
 // milliseconds, for at most a minute) and returns its exit status: 128 + n when it handled signal

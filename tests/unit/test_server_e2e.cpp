@@ -8,7 +8,6 @@
 #include <poll.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,17 +48,9 @@ class ServeProcess {
     std::vector<std::string> args = {AMUSED_CLI_PATH, "serve", "-m",        tiny_model(),
                                      "--port",        "0",     "--threads", "1"};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("cannot start " + std::string(AMUSED_CLI_PATH));
+    // Killed by the kernel if this test process dies first (a crashed test left a server behind).
+    pid_ = amused::testing::spawn_tied_to_test(args, "", log_.string());
+    if (pid_ < 0) throw std::runtime_error("cannot start " + std::string(AMUSED_CLI_PATH));
     try {
       wait_until_ready();
     } catch (...) {
