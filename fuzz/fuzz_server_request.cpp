@@ -77,10 +77,10 @@ void check_accepted(const GenerationRequest& r, Endpoint endpoint, const Request
       __builtin_trap();
   if (r.width.has_value() != r.height.has_value()) __builtin_trap();
   if (r.temperature.empty() || r.temperature.size() > 2) __builtin_trap();
-  const bool t2i = r.mode == "text-to-image";
+  const bool t2i = r.mode == GenerationMode::TextToImage;
   if (endpoint == Endpoint::Generations && !t2i) __builtin_trap();
   if (endpoint == Endpoint::Edits && t2i) __builtin_trap();
-  if (!t2i && r.mode != "image-to-image" && r.mode != "inpaint") __builtin_trap();
+  if (!t2i && r.mode != GenerationMode::ImageToImage && r.mode != GenerationMode::Inpaint) __builtin_trap();
   if (!t2i) {
     if (r.image.width <= 0 || r.image.width > limits.max_input_side ||
         r.image.height <= 0 || r.image.height > limits.max_input_side ||
@@ -88,7 +88,7 @@ void check_accepted(const GenerationRequest& r, Endpoint endpoint, const Request
         !is_valid_utf8(r.image_name))
       __builtin_trap();
   }
-  if (r.mode == "inpaint" && (r.mask.pixels.empty() || !is_valid_utf8(r.mask_name)))
+  if (r.mode == GenerationMode::Inpaint && (r.mask.pixels.empty() || !is_valid_utf8(r.mask_name)))
     __builtin_trap();
   if (r.strength && (*r.strength < 0.0 || *r.strength > 1.0)) __builtin_trap();
   const GenerationCall call = to_params(r);

@@ -22,7 +22,7 @@
 #include "amused/image_io.h"
 #include "command.h"
 #include "nn/matmul.h"                 // the library's internals: bench tooling only
-#include "pipelines/pipeline_amused.h"  // parse_device, parse_dtype
+#include "pipelines/pipeline_amused.h"  // to_torch_device, to_scalar_type
 
 namespace {
 
@@ -38,16 +38,14 @@ struct BenchArgs {
   uint64_t seed = 0;
 };
 
-// Measured dense matrix-multiply throughput (GFLOP/s) in `dtype` ("float32", "bfloat16", "float16")
-// on `device`: the best of n^3, (2n)^3 and the U-ViT's largest layer shape, over about `seconds`.
-double measure_matmul_gflops(const std::string& dtype, const std::string& device, int n = 1024,
+// Measured dense matrix-multiply throughput (GFLOP/s) in `dtype` (Float32, BFloat16, Float16) on
+// `device`: the best of n^3, (2n)^3 and the U-ViT's largest layer shape, over about `seconds`.
+double measure_matmul_gflops(amused::DType dtype, const amused::Device& device, int n = 1024,
                              double seconds = 3.0) {
-  using amused::parse_device;
-  using amused::parse_dtype;
   namespace nn = amused::nn;
   torch::NoGradGuard g;
-  const auto dev = parse_device(device);
-  const auto dt = parse_dtype(dtype);
+  const auto dev = amused::to_torch_device(device);
+  const auto dt = amused::to_scalar_type(dtype);
   // Square n x n products plus the U-ViT's largest layer shape (512 tokens x 1024 -> 5632, the GEGLU
   // projection of a CFG batch): the best of them is the ceiling.
   const std::vector<std::array<int64_t, 3>> shapes = {{n, n, n}, {2 * n, 2 * n, 2 * n}, {512, 1024, 5632}};
@@ -103,8 +101,8 @@ int run_train(const BenchArgs& a) {
   o.write_outputs = false;
   o.batch_size = a.batch;
   o.max_steps = 1 + a.train_steps;
-  o.mixed_precision = a.dtype == "float32" || a.dtype == "fp32" ? "no" : a.dtype == "float16" ? "fp16" : "bf16";
-  if (a.dtype == "auto") o.mixed_precision = "no";
+  const amused::DType dtype = amused::parse_dtype(a.dtype);
+  o.mixed_precision = dtype == amused::DType::Float16 ? "fp16" : dtype == amused::DType::BFloat16 ? "bf16" : "no";
   o.device = a.device;
   o.threads = a.threads;
   o.seed = a.seed;
@@ -157,7 +155,7 @@ int run_train(const BenchArgs& a) {
                         {"forward_s", median(forward)}, {"backward_s", median(backward)},
                         {"update_s", median(update)},
                         {"rss_after_load_mib", rss_before}, {"peak_rss_mib", rss}};
-    if (a.device.rfind("cuda", 0) == 0) j["peak_gpu_mib"] = amused::peak_cuda_memory_mib();
+    if (amused::Device::parse(a.device).is_cuda()) j["peak_gpu_mib"] = amused::peak_cuda_memory_mib();
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     return 0;
   }
@@ -184,7 +182,7 @@ int run(const BenchArgs& given) {
   if (a.batch < 1) throw amused::InvalidArgument("--batch must be at least 1");
   amused::set_threads(a.threads);
   const auto sys = amused::system_info();
-  const bool cuda = a.device.rfind("cuda", 0) == 0;
+  const bool cuda = amused::Device::parse(a.device).is_cuda();
 
   amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
   lo.random_weights = a.random_weights;
@@ -219,18 +217,21 @@ int run(const BenchArgs& given) {
   // The ceilings are measured after the run, so their buffers take no part in its peak memory.
   double ceil_f32 = 0, ceil_bf16 = 0, ceil_f16 = 0;
   if (!a.skip_ceilings) {
-    ceil_f32 = measure_matmul_gflops("float32", a.device);
-    ceil_bf16 = measure_matmul_gflops("bfloat16", a.device);
-    if (cuda) ceil_f16 = measure_matmul_gflops("float16", a.device);
+    ceil_f32 = measure_matmul_gflops(amused::DType::Float32, sum.device);
+    ceil_bf16 = measure_matmul_gflops(amused::DType::BFloat16, sum.device);
+    if (cuda) ceil_f16 = measure_matmul_gflops(amused::DType::Float16, sum.device);
   }
-  const double ceiling = a.dtype == "float32" || a.dtype == "fp32" ? ceil_f32 : cuda && (a.dtype == "float16" || a.dtype == "fp16") ? ceil_f16 : ceil_bf16;
+  // The ceiling of the format the model runs in (auto resolved at load).
+  const double ceiling = sum.dtype == amused::DType::Float32   ? ceil_f32
+                         : sum.dtype == amused::DType::Float16 ? ceil_f16
+                                                               : ceil_bf16;
   auto pct = [&](double g, double c) { return c > 0 ? 100.0 * g / c : 0.0; };
 
   if (a.json) {
     nlohmann::json j;
     j["model"] = a.model;
-    j["dtype"] = a.dtype;
-    j["device"] = a.device;
+    j["dtype"] = amused::to_string(sum.dtype);  // resolved: auto is what it chose
+    j["device"] = sum.device.str();
     j["threads"] = sys.threads;
     j["cpu"] = sys.cpu_model;
     j["physical_cores"] = sys.physical_cores;
@@ -263,11 +264,11 @@ int run(const BenchArgs& given) {
     return 0;
   }
   std::printf("machine      %s, %d physical cores, %d threads\n", sys.cpu_model.c_str(), sys.physical_cores, sys.threads);
-  std::printf("runtime      LibTorch %s, %s, device %s\n", sys.libtorch_version.c_str(), sys.blas.c_str(), a.device.c_str());
+  std::printf("runtime      LibTorch %s, %s, device %s\n", sys.libtorch_version.c_str(), sys.blas.c_str(), sum.device.str().c_str());
   if (!a.skip_ceilings)
     std::printf("ceilings     matmul f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s%s\n", ceil_f32, ceil_bf16,
                 cuda ? (", f16 " + std::to_string(ceil_f16) + " GFLOP/s").c_str() : "");
-  std::printf("model        %s (%s, %s%s), %d steps, batch %d, guidance %g\n", a.model.c_str(), a.dtype.c_str(),
+  std::printf("model        %s (%s, %s%s), %d steps, batch %d, guidance %g\n", a.model.c_str(), amused::to_string(sum.dtype),
               sum.path.c_str(), a.random_weights ? ", random weights" : "", a.steps, a.batch, a.guidance);
   std::printf("load         %8.3f s\n", load_s);
   std::printf("text encoder %8.3f s  (%.1f GFLOP/s)\n", t.text_encoder_s, te_gflops);
@@ -287,8 +288,8 @@ int run(const BenchArgs& given) {
 amused::cli::Registrar reg("bench", "Benchmark a model: per-component timings, peak memory, GFLOP/s", [](CLI::App& sub) {
   auto a = std::make_shared<BenchArgs>();
   sub.add_option("-m,--model", a->model, "Model folder, hub repo id, or (with --random-weights) a config folder; default: the embedded emoji model");
-  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
-  sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
+  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->check(amused::cli::dtype_choice())->capture_default_str();
+  sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
   sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
   sub.add_option("--steps", a->steps, "Denoising steps")->capture_default_str();
   sub.add_option("--batch", a->batch, "Images per call")->capture_default_str();

@@ -44,8 +44,8 @@ amused::cli::Registrar reg(
       sub.add_option("--batch-size", a->o.batch_size, "Images per generation call")->capture_default_str();
       sub.add_option("--seed", a->o.seed, "Seed (sample choice and generation)")->capture_default_str()
       ->check(amused::cli::seed_range());
-      sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
-      sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16")->capture_default_str();
+      sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
+      sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16")->check(amused::cli::dtype_choice())->capture_default_str();
       sub.add_option("--variant", a->variant, "Weight variant to read (e.g. fp16)");
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
       sub.add_flag("--offline", a->offline, "Never use the network");
@@ -79,7 +79,7 @@ amused::cli::Registrar reg(
         for (const auto& p : r.guidance_curve)
           std::printf("guidance %-4g top-1 %s  top-5 %s\n", p.x, pct(p.top1).c_str(), pct(p.top5).c_str());
         std::printf("%.2f images/s at %d steps (%s %s, %d threads); %s in all%s%s\n", r.images_per_second, r.steps,
-                    r.device.c_str(), r.dtype.c_str(), r.threads, duration(r.seconds).c_str(),
+                    r.device.str().c_str(), amused::to_string(r.dtype), r.threads, duration(r.seconds).c_str(),
                     o.output.empty() ? "" : "; report: ", o.output.empty() ? "" : (o.output + "/report.md").c_str());
         return 0;
       });

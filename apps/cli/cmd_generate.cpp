@@ -172,7 +172,10 @@ int run(const GenerateArgs& given) {
     throw amused::InvalidArgument("--strength applies to --init-image (image-to-image or inpainting)");
   if (a.strength && !(*a.strength >= 0.0 && *a.strength <= 1.0))
     throw amused::InvalidArgument("--strength must be in [0, 1], got " + std::to_string(*a.strength));
-  const std::string mode = a.init_image.empty() ? "text-to-image" : a.mask.empty() ? "image-to-image" : "inpaint";
+  using amused::server::GenerationMode;
+  const GenerationMode mode = a.init_image.empty() ? GenerationMode::TextToImage
+                              : a.mask.empty()     ? GenerationMode::ImageToImage
+                                                   : GenerationMode::Inpaint;
 
   // The request the server would build from the same fields (apps/server/request.h): one mapping
   // onto the library, one PNG-metadata builder for both.
@@ -193,16 +196,16 @@ int run(const GenerateArgs& given) {
   req.temperature = parse_numbers(a.temperature, "--temperature");
   if (req.temperature.size() != 1 && req.temperature.size() != 2)
     throw amused::InvalidArgument("--temperature expects T or A,B");
-  req.masking_schedule = a.masking_schedule;
+  req.masking_schedule = amused::parse_masking_schedule(a.masking_schedule);
   req.seed = a.seed;
   req.width = a.width;
   req.height = a.height;
   req.strength = a.strength;
-  if (mode != "text-to-image") {
+  if (mode != GenerationMode::TextToImage) {
     req.image = amused::load_image(a.init_image);
     req.image_name = a.init_image;
   }
-  if (mode == "inpaint") {
+  if (mode == GenerationMode::Inpaint) {
     req.mask = amused::load_image(a.mask);
     req.mask_name = a.mask;
   }
@@ -272,7 +275,7 @@ int run(const GenerateArgs& given) {
     j["height"] = result.images[0].height;
     j["steps"] = a.steps;
     j["guidance_scale"] = a.guidance;
-    j["mode"] = mode;
+    j["mode"] = to_string(mode);
     j["timings"] = {{"load_s", pipe->summary().load_seconds},
                     {"text_encoder_s", t.text_encoder_s},
                     {"transformer_s", t.transformer_s},
@@ -312,9 +315,9 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
   sub.add_option("--temperature", a->temperature, "Re-masking temperature: A,B (linear from A to B) or T")
       ->capture_default_str();
   sub.add_option("--masking-schedule", a->masking_schedule, "cosine | linear (default: the model's)")
-      ->check(CLI::IsMember({"cosine", "linear"}));
-  sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
-  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
+      ->check(amused::cli::masking_schedule_choice());
+  sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
+  sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->check(amused::cli::dtype_choice())->capture_default_str();
   sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
   sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
   sub.add_flag("--offline", a->offline, "Never use the network (also HF_HUB_OFFLINE=1)");

@@ -91,7 +91,6 @@ int run(const ServeArgs& given) {
   so.model = a.model;
   so.model_id = a.model_id;
   so.cors_origin = a.cors_origin;
-  so.dtype = a.dtype;
   so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
   so.max_side = a.max_side;
   const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(a.model);
@@ -103,7 +102,7 @@ int run(const ServeArgs& given) {
   const std::string id = a.model_id.empty() ? amused::server::model_id_for(a.model) : a.model_id;
   std::fprintf(stderr,
                "amused serve: %s (model id '%s', %s, %s) loaded in %.2f s; listening on http://%s:%d%s\n",
-               a.model.c_str(), id.c_str(), s.device.c_str(), s.dtype.c_str(), s.load_seconds, a.host.c_str(),
+               a.model.c_str(), id.c_str(), s.device.str().c_str(), amused::to_string(s.dtype), s.load_seconds, a.host.c_str(),
                port, a.api_key.empty() ? "" : " (API key required)");
   std::fflush(stderr);
 
@@ -146,8 +145,8 @@ amused::cli::Registrar reg(
       sub.add_option(
           "--max-side", a->max_side,
           "Largest image width/height a request may ask for (default: twice the model's)");
-      sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->capture_default_str();
-      sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->capture_default_str();
+      sub.add_option("--device", a->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
+      sub.add_option("--dtype", a->dtype, "auto | float32 | bfloat16 | float16 (auto: bfloat16 on CPUs with native bf16, float16 on CUDA, else float32; float32 reproduces the reference exactly)")->check(amused::cli::dtype_choice())->capture_default_str();
       sub.add_option("--threads", a->threads, "Compute threads (default: all physical cores)");
       sub.add_option("--variant", a->variant, "Weight variant to load (e.g. fp16)");
       sub.add_option("--lora", a->loras,

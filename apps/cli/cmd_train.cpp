@@ -133,7 +133,7 @@ amused::cli::Registrar reg(
           ->capture_default_str();
       sub.add_option("--validation-prompt", o->validation_prompts, "A validation prompt (repeatable)");
       sub.add_option("--logging-steps", o->logging_steps, "A log line every N steps")->capture_default_str();
-      sub.add_option("--device", o->device, "cpu | cuda | cuda:N")->capture_default_str();
+      sub.add_option("--device", o->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
       sub.add_option("--threads", o->threads, "Compute threads (default: all physical cores)");
       sub.add_flag("-q,--quiet", *quiet, "No progress lines");
       return std::function<int()>([&sub, o, quiet, config] {

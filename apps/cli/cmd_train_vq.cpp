@@ -138,7 +138,7 @@ amused::cli::Registrar reg(
       sub.add_option("--validation-steps", o->validation_steps, "Metrics and reconstructions every N steps (0: at the end)")
           ->capture_default_str();
       sub.add_option("--logging-steps", o->logging_steps, "A log line every N steps")->capture_default_str();
-      sub.add_option("--device", o->device, "cpu | cuda | cuda:N")->capture_default_str();
+      sub.add_option("--device", o->device, "cpu | cuda | cuda:N")->check(amused::cli::device_choice())->capture_default_str();
       sub.add_option("--threads", o->threads, "Compute threads (default: all physical cores)");
       sub.add_flag("-q,--quiet", *quiet, "No progress lines");
       return std::function<int()>([&sub, o, quiet, config] {

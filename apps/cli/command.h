@@ -63,12 +63,31 @@ struct Registrar {
   }
 };
 
+// A check for a flag whose text the library parses (amused::parse_dtype, Device::parse,
+// parse_masking_schedule): CLI11 then names the flag and the value, the parser the accepted values.
+template <class Parse>
+CLI::Validator parsed_by(Parse parse, const char* name) {
+  return CLI::Validator(
+      [parse](std::string& text) -> std::string {
+        try {
+          parse(text);
+          return "";
+        } catch (const amused::Error& e) {
+          return e.what();
+        }
+      },
+      name);
+}
+inline CLI::Validator dtype_choice() { return parsed_by(&amused::parse_dtype, "DTYPE"); }
+inline CLI::Validator device_choice() { return parsed_by(&amused::Device::parse, "DEVICE"); }
+inline CLI::Validator masking_schedule_choice() { return parsed_by(&amused::parse_masking_schedule, "SCHEDULE"); }
+
 // The model options generate, serve and bench share, as library load options.
 inline amused::LoadOptions load_options(const std::string& device, const std::string& dtype, int threads,
                                         const std::string& variant, bool offline) {
   amused::LoadOptions lo;
-  lo.device = device;
-  lo.dtype = dtype;
+  lo.device = amused::Device::parse(device);
+  lo.dtype = amused::parse_dtype(dtype);
   lo.threads = threads;
   lo.variant = variant;
   lo.offline = offline;

@@ -305,11 +305,11 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
     r.crop_coord = {static_cast<int>(c[0]), static_cast<int>(c[1])};
   }
   if (has("masking_schedule")) {
-    if ((e = get_string(j.at("masking_schedule"), "masking_schedule", 64, r.masking_schedule)))
-      return e;
-    if (r.masking_schedule != "cosine" && r.masking_schedule != "linear")
-      return invalid("masking_schedule", "'masking_schedule' must be 'cosine' or 'linear', got '" +
-                                             r.masking_schedule + "'");
+    std::string schedule;
+    if ((e = get_string(j.at("masking_schedule"), "masking_schedule", 64, schedule))) return e;
+    if (schedule != "cosine" && schedule != "linear")
+      return invalid("masking_schedule", "'masking_schedule' must be 'cosine' or 'linear', got '" + schedule + "'");
+    r.masking_schedule = parse_masking_schedule(schedule);
   }
   if (has("loras")) {
     // {"name": scale, ...}: the scales of the adapters loaded with `amused serve --lora` for this
@@ -343,7 +343,7 @@ std::optional<ApiError> attach_images(const std::optional<std::string>& image_by
       return invalid("image", "'image' is required (the image to edit)", "missing_parameter");
     if (mask_bytes) return invalid("mask", "'mask' needs 'image' (the image to inpaint)");
     if (r.strength) return invalid("strength", "'strength' applies to image edits (give 'image')");
-    r.mode = "text-to-image";
+    r.mode = GenerationMode::TextToImage;
     return std::nullopt;
   }
   std::optional<ApiError> e;
@@ -355,7 +355,7 @@ std::optional<ApiError> attach_images(const std::optional<std::string>& image_by
                        std::to_string(r.image.height) + ", smaller than " + std::to_string(q) +
                        "x" + std::to_string(q) + " (give 'size')",
                    "invalid_image");
-  r.mode = "image-to-image";
+  r.mode = GenerationMode::ImageToImage;
   if (mask_bytes) {
     if ((e = decode_upload(*mask_bytes, "mask", limits, r.mask))) return e;
     // The library's rule: the same aspect ratio, up to one pixel of rounding.
@@ -375,7 +375,7 @@ std::optional<ApiError> attach_images(const std::optional<std::string>& image_by
     if (!any)
       return invalid("mask", "'mask' is all black: nothing to inpaint (white = regenerate)",
                      "empty_mask");
-    r.mode = "inpaint";
+    r.mode = GenerationMode::Inpaint;
   }
   return std::nullopt;
 }
@@ -537,7 +537,7 @@ Parsed<GenerationRequest> parse_json_request(const std::string& body, Endpoint e
   }
   if (auto e = attach_images(image, mask, endpoint, limits, r)) return *e;
   r.image_name = "image";
-  r.mask_name = r.mode == "inpaint" ? "mask" : "";
+  r.mask_name = r.mode == GenerationMode::Inpaint ? "mask" : "";
   std::string param;  // the checks every request passes, whoever built it (the CLI too)
   if (const std::string problem = validate_request(r, &param); !problem.empty()) return invalid(param, problem);
   return r;
@@ -619,7 +619,7 @@ Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& 
   if (auto e = validate_fields(j, endpoint, limits, r)) return *e;
   if (auto e = attach_images(image, mask, endpoint, limits, r)) return *e;
   r.image_name = image_name;
-  r.mask_name = r.mode == "inpaint" ? mask_name : "";
+  r.mask_name = r.mode == GenerationMode::Inpaint ? mask_name : "";
   std::string param;  // the checks every request passes, whoever built it (the CLI too)
   if (const std::string problem = validate_request(r, &param); !problem.empty()) return invalid(param, problem);
   return r;

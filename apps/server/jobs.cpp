@@ -65,7 +65,7 @@ json job_json(const Job& job, std::optional<size_t> queue_position) {
             {"object", "image.job"},
             {"status", to_string(job.status)},
             {"created", job.created},
-            {"mode", job.request.mode},
+            {"mode", to_string(job.request.mode)},
             {"progress", {{"step", job.step}, {"num_steps", job.num_steps}}},
             {"cancel_requested", job.cancel_requested}};
   if (queue_position) j["queue_position"] = *queue_position;

@@ -10,16 +10,23 @@ namespace amused::server {
 namespace {
 using json = nlohmann::json;
 
-double default_strength(const std::string& mode) { return mode == "inpaint" ? 1.0 : 0.5; }
+double default_strength(GenerationMode mode) { return mode == GenerationMode::Inpaint ? 1.0 : 0.5; }
 }  // namespace
+
+const char* to_string(GenerationMode mode) {
+  switch (mode) {
+    case GenerationMode::ImageToImage: return "image-to-image";
+    case GenerationMode::Inpaint: return "inpaint";
+    case GenerationMode::TextToImage: break;
+  }
+  return "text-to-image";
+}
 
 std::string validate_request(const GenerationRequest& r, std::string* param) {
   auto fail = [&](const char* name, std::string message) {
     if (param) *param = name;
     return message;
   };
-  if (r.mode != "text-to-image" && r.mode != "image-to-image" && r.mode != "inpaint")
-    return fail("mode", "unknown mode '" + r.mode + "' (text-to-image, image-to-image or inpaint)");
   if (r.prompts.empty()) return fail("prompt", "at least one prompt is required");
   if (r.negative_prompts.size() > 1 && r.negative_prompts.size() != r.prompts.size())
     return fail("negative_prompt", "got " + std::to_string(r.negative_prompts.size()) + " negative prompts for " +
@@ -33,15 +40,13 @@ std::string validate_request(const GenerationRequest& r, std::string* param) {
     return fail("temperature", "'temperature' must be one value T or a pair (start, end)");
   for (double t : r.temperature)
     if (!std::isfinite(t)) return fail("temperature", "'temperature' values must be finite");
-  if (!r.masking_schedule.empty() && r.masking_schedule != "cosine" && r.masking_schedule != "linear")
-    return fail("masking_schedule", "'masking_schedule' must be 'cosine' or 'linear', got '" + r.masking_schedule + "'");
-  const bool edit = r.mode != "text-to-image";
+  const bool edit = r.mode != GenerationMode::TextToImage;
   if (!edit && r.strength) return fail("strength", "'strength' applies to image edits (give an input image)");
   if (r.strength && !(*r.strength >= 0.0 && *r.strength <= 1.0))
     return fail("strength", "'strength' must be in [0, 1], got " + json(*r.strength).dump());
   if (edit && r.image.pixels.empty()) return fail("image", "image-to-image and inpainting need an input image");
-  if (r.mode == "inpaint" && r.mask.pixels.empty()) return fail("mask", "inpainting needs a mask");
-  if (r.mode != "inpaint" && !r.mask.pixels.empty())
+  if (r.mode == GenerationMode::Inpaint && r.mask.pixels.empty()) return fail("mask", "inpainting needs a mask");
+  if (r.mode != GenerationMode::Inpaint && !r.mask.pixels.empty())
     return fail("mask", "a mask applies to inpainting only");
   return "";
 }
@@ -61,13 +66,13 @@ GenerationCall to_params(const GenerationRequest& r) {
   p.masking_schedule = r.masking_schedule;
   p.seed = r.seed;
   p.lora_scales = r.loras;
-  if (r.mode == "inpaint") {
+  if (r.mode == GenerationMode::Inpaint) {
     call.inpaint.image = r.image;
     call.inpaint.mask = r.mask;
     call.inpaint.width = r.width;
     call.inpaint.height = r.height;
     call.inpaint.strength = r.strength.value_or(default_strength(r.mode));
-  } else if (r.mode == "image-to-image") {
+  } else if (r.mode == GenerationMode::ImageToImage) {
     call.img2img.image = r.image;
     call.img2img.width = r.width;
     call.img2img.height = r.height;
@@ -82,20 +87,19 @@ GenerationCall to_params(const GenerationRequest& r) {
 GenerationResult run_request(Pipeline& pipeline, const GenerationRequest& r, const ProgressCallback& progress) {
   GenerationCall call = to_params(r);
   call.common(r.mode).progress = progress;
-  if (r.mode == "text-to-image") return pipeline.text_to_image(call.t2i);
-  if (r.mode == "image-to-image") return pipeline.image_to_image(call.img2img);
+  if (r.mode == GenerationMode::TextToImage) return pipeline.text_to_image(call.t2i);
+  if (r.mode == GenerationMode::ImageToImage) return pipeline.image_to_image(call.img2img);
   return pipeline.inpaint(call.inpaint);
 }
 
 int steps_to_run(const GenerationRequest& r) {
-  if (r.mode == "text-to-image") return r.steps;
+  if (r.mode == GenerationMode::TextToImage) return r.steps;
   const double strength = r.strength.value_or(default_strength(r.mode));
   return static_cast<int>(static_cast<double>(r.steps) * strength);  // the pipelines' int(steps * strength)
 }
 
 TextChunks png_metadata(const GenerationRequest& r, const GenerationResult& result, size_t index,
-                        const std::string& model, const std::string& default_masking_schedule,
-                        const std::string& dtype) {
+                        const std::string& model, MaskingSchedule default_masking_schedule, DType dtype) {
   std::ostringstream temp_s;
   for (size_t t = 0; t < r.temperature.size(); ++t) temp_s << (t ? "," : "") << r.temperature[t];
   const Image& im = result.images.at(index);
@@ -117,17 +121,18 @@ TextChunks png_metadata(const GenerationRequest& r, const GenerationResult& resu
       {"aesthetic_score", json(r.aesthetic_score).dump()},
       {"crop_coord", std::to_string(r.crop_coord.first) + "," + std::to_string(r.crop_coord.second)},
       {"temperature", temp_s.str()},
-      {"masking_schedule", r.masking_schedule.empty() ? default_masking_schedule : r.masking_schedule},
-      {"dtype", dtype},
-      {"mode", r.mode},
+      {"masking_schedule", to_string(r.masking_schedule == MaskingSchedule::FromConfig ? default_masking_schedule
+                                                                                        : r.masking_schedule)},
+      {"dtype", to_string(dtype)},
+      {"mode", to_string(r.mode)},
       {"image_index", std::to_string(index)},
       {"software", std::string("amused.cpp ") + version()},
   };
-  if (r.mode != "text-to-image") {
+  if (r.mode != GenerationMode::TextToImage) {
     text.emplace_back("init_image", r.image_name);
     text.emplace_back("strength", json(r.strength.value_or(default_strength(r.mode))).dump());
   }
-  if (r.mode == "inpaint") text.emplace_back("mask", r.mask_name);
+  if (r.mode == GenerationMode::Inpaint) text.emplace_back("mask", r.mask_name);
   return text;
 }
 

@@ -17,9 +17,13 @@
 
 namespace amused::server {
 
+// What a request asks for; to_string gives the names the PNG metadata and the API's answers use.
+enum class GenerationMode { TextToImage, ImageToImage, Inpaint };
+// "text-to-image", "image-to-image", "inpaint".
+const char* to_string(GenerationMode mode);
+
 struct GenerationRequest {
-  // "text-to-image", "image-to-image" or "inpaint" (the PNG metadata's names).
-  std::string mode = "text-to-image";
+  GenerationMode mode = GenerationMode::TextToImage;
   std::vector<std::string> prompts;
   // Empty: "" for every prompt; one: for every prompt; else one per prompt.
   std::vector<std::string> negative_prompts;
@@ -31,7 +35,7 @@ struct GenerationRequest {
   std::vector<double> temperature{2.0, 0.0};  // one value or a (start, end) pair
   double aesthetic_score = 6.0;
   std::pair<int, int> crop_coord{0, 0};
-  std::string masking_schedule;         // "" = the model's
+  MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;  // FromConfig: the model's
   std::map<std::string, double> loras;  // LoRA scales of this request by adapter name
   std::optional<double> strength;       // edits only; default 0.5 (img2img) or 1.0 (inpaint)
   Image image, mask;
@@ -45,13 +49,16 @@ std::string validate_request(const GenerationRequest& request, std::string* para
 
 // The library parameters of each mode; `common(mode)` is the one a request fills.
 struct GenerationCall {
-  TextToImageParams t2i;          // request.mode == "text-to-image"
-  ImageToImageParams img2img;     // "image-to-image"
-  InpaintParams inpaint;          // "inpaint"
-  GenerationParams& common(const std::string& mode) {
-    return mode == "text-to-image"    ? static_cast<GenerationParams&>(t2i)
-           : mode == "image-to-image" ? static_cast<GenerationParams&>(img2img)
-                                      : static_cast<GenerationParams&>(inpaint);
+  TextToImageParams t2i;          // GenerationMode::TextToImage
+  ImageToImageParams img2img;     // ImageToImage
+  InpaintParams inpaint;          // Inpaint
+  GenerationParams& common(GenerationMode mode) {
+    switch (mode) {
+      case GenerationMode::ImageToImage: return img2img;
+      case GenerationMode::Inpaint: return inpaint;
+      case GenerationMode::TextToImage: break;
+    }
+    return t2i;
   }
 };
 GenerationCall to_params(const GenerationRequest& request);
@@ -68,7 +75,6 @@ int steps_to_run(const GenerationRequest& request);
 // images per prompt are tiled [p0, p1, p0, p1]). `model` is the -m argument, `default_masking_schedule`
 // the model's, `dtype` the load dtype.
 TextChunks png_metadata(const GenerationRequest& request, const GenerationResult& result, size_t index,
-                        const std::string& model, const std::string& default_masking_schedule,
-                        const std::string& dtype);
+                        const std::string& model, MaskingSchedule default_masking_schedule, DType dtype);
 
 }  // namespace amused::server

@@ -38,7 +38,7 @@ json Server::Impl::generate(const Job& job, const JobQueue::Progress& progress) 
           {"data", data},
           {"seed", result.seed},
           {"model", options.model_id},
-          {"mode", r.mode},
+          {"mode", to_string(r.mode)},
           {"width", result.images.empty() ? 0 : result.images[0].width},
           {"height", result.images.empty() ? 0 : result.images[0].height},
           {"steps", steps_to_run(r)},  // run: int(steps * strength) for edits

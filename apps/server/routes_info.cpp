@@ -36,9 +36,9 @@ json Server::Impl::model_object() const {
       {"owned_by", "amused.cpp"},
       {"default_size", std::to_string(s.default_width) + "x" + std::to_string(s.default_height)},
       {"vq_scale_factor", s.vq_scale_factor},
-      {"device", s.device},
-      {"dtype", s.dtype},
-      {"masking_schedule", s.masking_schedule}};
+      {"device", s.device.str()},
+      {"dtype", to_string(s.dtype)},
+      {"masking_schedule", to_string(s.masking_schedule)}};
 }
 
 void Server::Impl::metrics(const httplib::Request& req, httplib::Response& res) {

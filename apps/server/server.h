@@ -22,7 +22,6 @@ struct ServerOptions {
   // Non-empty: browsers on this origin ("*": any) may call the API (CORS headers, preflight
   // answered without the API key). Empty (default): no CORS headers.
   std::string cors_origin;
-  std::string dtype = "float32";  // the load dtype (PNG metadata)
   size_t max_body_bytes = 32u << 20;
   int max_side = 0;                // largest output width/height; 0: twice the model's default
   size_t keep_finished_jobs = 64;  // finished async jobs kept for polling

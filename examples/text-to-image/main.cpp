@@ -3,7 +3,8 @@
 //
 //   text-to-image MODEL_DIR            # e.g. /usr/local/share/amused/models/amused-emoji
 //
-// Optional environment: PROMPT (default "red apple"), STEPS (default 12), SEED (default 0).
+// Optional environment: PROMPT (default "red apple"), STEPS (default 12), SEED (default 0),
+// DTYPE (default auto: bfloat16 on CPUs with bfloat16 instructions, else float32).
 #include <amused/amused.h>
 
 #include <cstdlib>
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   try {
     amused::LoadOptions load;
     load.offline = true;
+    load.dtype = amused::parse_dtype(env_or("DTYPE", "auto"));
     auto pipe = amused::Pipeline::load(argv[1], load);
     amused::TextToImageParams params;
     params.prompts = {env_or("PROMPT", "red apple")};
@@ -39,7 +41,8 @@ int main(int argc, char** argv) {
     std::cerr << "\n";
     amused::save_png("text-to-image.png", result.images.at(0));
     std::cout << "amused " << amused::version() << ": wrote text-to-image.png (" << result.images[0].width
-              << "x" << result.images[0].height << ", seed " << result.seed << ")\n";
+              << "x" << result.images[0].height << ", seed " << result.seed << ", "
+              << amused::to_string(pipe->summary().dtype) << ")\n";
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -28,6 +28,7 @@
 #include "amused/system.h"
 #include "amused/tokenizer.h"
 #include "amused/train.h"
+#include "amused/types.h"
 
 namespace amused {
 

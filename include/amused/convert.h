@@ -5,7 +5,7 @@
 // half-written).
 //
 //   amused::ConvertOptions o;
-//   o.model = "runs/emoji/";  o.output = "models/amused-emoji";  o.dtype = "float16";
+//   o.model = "runs/emoji/";  o.output = "models/amused-emoji";  o.dtype = amused::DType::Float16;
 //   amused::convert_pipeline(o);
 #pragma once
 
@@ -13,6 +13,7 @@
 #include <string>
 
 #include "amused/error.h"
+#include "amused/types.h"
 
 namespace amused {
 
@@ -21,7 +22,7 @@ struct ConvertOptions {
   std::string model_variant;   // weight files to read ("" or "fp16")
   bool offline = false;
   std::string output;          // the pipeline folder to write
-  std::string dtype = "float16";  // float16 | float32: the tensors written
+  DType dtype = DType::Float16;  // Float16 | Float32: the tensors written
   std::string variant;         // "": plain names; "fp16": <base>.fp16.safetensors (needs float16)
 };
 

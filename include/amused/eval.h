@@ -72,7 +72,8 @@ struct EvalReport {
   double images_per_second = 0;  // at `steps`, `guidance_scale`, `batch_size`
   int steps = 0;
   double guidance_scale = 0;
-  std::string device, dtype;
+  Device device;
+  DType dtype = DType::Float32;
   int threads = 0;
   double seconds = 0;
 };

@@ -24,6 +24,7 @@
 
 #include "amused/error.h"
 #include "amused/image.h"  // Image, TokenGrid
+#include "amused/types.h"  // DType, Device, MaskingSchedule
 
 namespace amused {
 
@@ -38,12 +39,12 @@ struct LoraAdapter {
 };
 
 struct LoadOptions {
-  std::string device = "cpu";      // "cpu", "cuda", "cuda:1"
-  // auto | float32 | bfloat16 | float16. auto: bfloat16 on CPUs with native bfloat16 instructions
-  // (AVX512-BF16 / AMX), else float32; float16 on CUDA. On the CPU, bfloat16 means mixed precision:
-  // 16-bit matrix weights and products, float32 activations and norms. The VQ-GAN always runs in
-  // float32. float32 on the CPU reproduces the reference exactly.
-  std::string dtype = "auto";
+  Device device;                   // Device::cpu(), Device::cuda(1); Device::parse("cuda:1")
+  // Auto: bfloat16 on CPUs with native bfloat16 instructions (AVX512-BF16 / AMX), else float32;
+  // float16 on CUDA. On the CPU, bfloat16 means mixed precision: 16-bit matrix weights and
+  // products, float32 activations and norms (float16 needs CUDA). The VQ-GAN always runs in
+  // float32. Float32 on the CPU reproduces the reference exactly.
+  DType dtype = DType::Auto;
   int threads = 0;                 // <= 0: all physical cores
   std::string variant;             // "" or "fp16": which weight files to read
   bool offline = false;            // never use the network (also HF_HUB_OFFLINE=1)
@@ -94,7 +95,7 @@ struct GenerationParams {
   double aesthetic_score = 6.0;     // micro-conditioning
   std::pair<int, int> crop_coord{0, 0};
   Temperature temperature;
-  std::string masking_schedule;     // "" = the scheduler's config; "cosine" | "linear"
+  MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;  // FromConfig: the scheduler's config
   std::optional<uint64_t> seed;     // random when absent; the seed used is in the result
   ProgressCallback progress;
   // LoRA scales for this call by adapter name (adapters not named keep theirs). Run-time adapters
@@ -150,13 +151,13 @@ struct GenerationResult {
 
 struct ModelSummary {
   std::string path;            // resolved folder
-  std::string device;
-  std::string dtype;           // resolved: float32 | bfloat16 | float16
+  Device device;
+  DType dtype = DType::Float32;  // resolved (never Auto): Float32 | BFloat16 | Float16
   int threads = 0;
   int default_width = 0, default_height = 0;
   int vq_scale_factor = 0;
   int64_t codebook_size = 0, mask_token_id = 0;
-  std::string masking_schedule;
+  MaskingSchedule masking_schedule = MaskingSchedule::Cosine;  // the scheduler config's (never FromConfig)
   double load_seconds = 0;
   // Analytic work per image at the default size (multiply-adds x 2), for benchmarks.
   double transformer_gflop = 0;    // one forward

@@ -405,8 +405,8 @@ EvalReport evaluate(const EvalOptions& o) {
   j["steps"] = o.steps;
   j["guidance_scale"] = o.guidance_scale;
   j["seed"] = o.seed;
-  j["device"] = rep.device;
-  j["dtype"] = rep.dtype;
+  j["device"] = rep.device.str();
+  j["dtype"] = to_string(rep.dtype);
   j["threads"] = rep.threads;
   j["images_per_second"] = rep.images_per_second;
   j["seconds"] = rep.seconds;
@@ -421,7 +421,7 @@ EvalReport evaluate(const EvalOptions& o) {
     j["guidance_curve"].push_back({{"guidance_scale", p.x}, {"top1", p.top1}, {"top5", p.top5}});
   std::ostringstream md;
   md << "# amused eval\n\nModel `" << o.model << "`, data `" << o.data << "`; " << o.steps << " steps, guidance "
-     << o.guidance_scale << ", seed " << o.seed << "; " << rep.device << " " << rep.dtype << ", " << rep.threads
+     << o.guidance_scale << ", seed " << o.seed << "; " << rep.device.str() << " " << to_string(rep.dtype) << ", " << rep.threads
      << " threads.\n\n| set | images | top-1 | top-5 | identity | skin tone |\n|---|---:|---:|---:|---:|---:|\n";
   for (const auto& s : rep.scores)
     md << "| " << s.set << " | " << s.n << " | " << pct(s.top1) << " | " << pct(s.top5) << " | " << pct(s.identity)

@@ -122,6 +122,14 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
   };
   c.text_encoder = models::CLIPTextModelWithProjection(models::CLIPTextConfig::from_json(
       repo.component_config("text_encoder"), config_source("text_encoder", "config.json")));
+  // Prompts are padded to the tokenizer's model_max_length (as in diffusers); the text encoder
+  // must have that many positions.
+  if (c.tokenizer->model_max_length() > c.text_encoder->config().max_position_embeddings)
+    throw InvalidArgument((c.tokenizer_dir / "tokenizer_config.json").string() + ": model_max_length " +
+                          std::to_string(c.tokenizer->model_max_length()) + " is more than the text encoder's " +
+                          std::to_string(c.text_encoder->config().max_position_embeddings) +
+                          " positions (text_encoder/config.json max_position_embeddings): lower it to at most " +
+                          std::to_string(c.text_encoder->config().max_position_embeddings));
   load(c.text_encoder, "text_encoder", [&] { c.text_encoder->init_weights(); });
   c.transformer = models::UVit2DModel(
       models::UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json")));

@@ -14,11 +14,11 @@ namespace fs = std::filesystem;
 ConvertSummary convert_pipeline(const ConvertOptions& o) {
   if (o.model.empty()) throw InvalidArgument("no model to convert (-m: a pipeline folder or hub id)");
   if (o.output.empty()) throw InvalidArgument("no output folder (-o)");
-  if (o.dtype != "float16" && o.dtype != "float32")
-    throw InvalidArgument("--dtype '" + o.dtype + "' is not one of float16, float32");
+  if (o.dtype != DType::Float16 && o.dtype != DType::Float32)
+    throw InvalidArgument(std::string("--dtype ") + to_string(o.dtype) + " cannot be written: float16 or float32");
   if (!o.variant.empty() && o.variant != "fp16")
     throw InvalidArgument("--variant '" + o.variant + "' is not supported (\"\" or \"fp16\")");
-  if (o.variant == "fp16" && o.dtype != "float16")
+  if (o.variant == "fp16" && o.dtype != DType::Float16)
     throw InvalidArgument("--variant fp16 holds float16 weights: use --dtype float16 with it");
   RepoOptions ro;
   ro.offline = o.offline;
@@ -31,7 +31,7 @@ ConvertSummary convert_pipeline(const ConvertOptions& o) {
   const Components c = load_components(repo, co);
   SaveOptions so;
   so.variant = o.variant;
-  so.float16 = o.dtype == "float16";
+  so.float16 = o.dtype == DType::Float16;
   save_pretrained(c, o.output, so);
   ConvertSummary s;
   for (const torch::nn::Module* m : {static_cast<const torch::nn::Module*>(c.text_encoder.get()),

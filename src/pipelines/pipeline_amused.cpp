@@ -52,11 +52,21 @@ std::string lower(std::string s) {
 
 }  // namespace
 
-std::string dtype_name(torch::ScalarType t) {
+torch::ScalarType to_scalar_type(DType dtype) {
+  switch (dtype) {
+    case DType::BFloat16: return torch::kBFloat16;
+    case DType::Float16: return torch::kFloat16;
+    case DType::Float32: return torch::kFloat32;
+    case DType::Auto: break;
+  }
+  throw InvalidArgument("dtype auto has no scalar type before it is resolved for a device");
+}
+
+DType dtype_of(torch::ScalarType t) {
   switch (t) {
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return "float32";
+    case torch::kBFloat16: return DType::BFloat16;
+    case torch::kFloat16: return DType::Float16;
+    default: return DType::Float32;
   }
 }
 
@@ -73,35 +83,30 @@ bool cpu_has_native_bf16() {
   return has;
 }
 
-torch::ScalarType resolve_dtype(const std::string& name, const torch::Device& device) {
-  if (lower(name) == "auto") {
+torch::ScalarType resolve_dtype(DType dtype, const torch::Device& device) {
+  if (dtype == DType::Auto) {
     if (device.is_cuda()) return torch::kFloat16;
     return cpu_has_native_bf16() ? torch::kBFloat16 : torch::kFloat32;
   }
-  return parse_dtype(name);
+  return to_scalar_type(dtype);
 }
 
-torch::ScalarType parse_dtype(const std::string& name) {
-  const std::string n = lower(name);
-  if (n == "float32" || n == "fp32" || n == "float") return torch::kFloat32;
-  if (n == "bfloat16" || n == "bf16") return torch::kBFloat16;
-  if (n == "float16" || n == "fp16" || n == "half") return torch::kFloat16;
-  throw InvalidArgument("unknown dtype '" + name + "' (expected auto, float32, bfloat16 or float16)");
-}
-
-torch::Device parse_device(const std::string& name) {
-  std::optional<torch::Device> d;
-  try {
-    d = torch::Device(lower(name));
-  } catch (const c10::Error&) {
-    throw InvalidArgument("unknown device '" + name + "' (expected cpu, cuda or cuda:N)");
-  }
-  if (d->is_cuda() && !torch::cuda::is_available())
-    throw Unsupported("device '" + name +
+torch::Device to_torch_device(const Device& device) {
+  if (device.is_cpu()) return torch::Device(torch::kCPU);
+  if (!torch::cuda::is_available())
+    throw Unsupported("device '" + device.str() +
                       "' requested but this LibTorch build has no usable CUDA device (build against a "
                       "CUDA LibTorch, see README)");
-  if (!d->is_cpu() && !d->is_cuda()) throw Unsupported("device '" + name + "' is not supported (cpu or cuda)");
-  return *d;
+  if (device.index >= static_cast<int>(torch::cuda::device_count()))
+    throw InvalidArgument("device '" + device.str() + "': there are " + std::to_string(torch::cuda::device_count()) +
+                          " CUDA devices (cuda:0 to cuda:" + std::to_string(torch::cuda::device_count() - 1) + ")");
+  return device.index < 0 ? torch::Device(torch::kCUDA)
+                          : torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.index));
+}
+
+Device device_of(const torch::Device& device) {
+  if (device.is_cuda()) return Device::cuda(device.has_index() ? device.index() : -1);
+  return Device::cpu();
 }
 
 void Pipeline::Impl::sync() const {
@@ -119,17 +124,20 @@ PromptEmbeddings Pipeline::Impl::encode_prompts(const std::vector<std::string>& 
     if (inserted) distinct.push_back(p);
     rows.push_back(it->second);
   }
+  // Padded to the tokenizer's model_max_length, as AmusedPipeline does (77 for CLIP-L; a small
+  // text encoder may have fewer positions).
+  const int64_t length = tokenizer->model_max_length();
   std::vector<int64_t> ids;
   for (const auto& p : distinct) {
-    auto one = tokenizer->encode_padded(p, 77);
+    auto one = tokenizer->encode_padded(p, length);
     ids.insert(ids.end(), one.begin(), one.end());
   }
-  // [n, 77] token ids
-  auto input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(distinct.size()), 77}).to(device);
+  // [n, L] token ids
+  auto input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(distinct.size()), length}).to(device);
   auto out = text_encoder->forward(input_ids, /*output_hidden_states=*/true);
   auto sel = torch::tensor(rows, torch::kInt64).to(device);
   PromptEmbeddings e;
-  e.encoder_hidden_states = out.penultimate_hidden_state.index_select(0, sel);  // [B, 77, H]
+  e.encoder_hidden_states = out.penultimate_hidden_state.index_select(0, sel);  // [B, L, H]
   e.pooled_text_emb = out.text_embeds.index_select(0, sel);                      // [B, P]
   sync();
   timings.text_encoder_s += seconds_since(t0);
@@ -166,7 +174,7 @@ torch::Tensor Pipeline::Impl::micro_conds(int width, int height, std::pair<int, 
 torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseRequest& req, at::Generator& generator,
                                       Timings& timings) {
   AmusedSchedulerConfig cfg = scheduler_config;
-  if (!req.masking_schedule.empty()) cfg.masking_schedule = req.masking_schedule;
+  if (req.masking_schedule != MaskingSchedule::FromConfig) cfg.masking_schedule = to_string(req.masking_schedule);
   AmusedScheduler scheduler(cfg);
   scheduler.set_timesteps(req.num_inference_steps, to_scheduler_temperature(req.temperature));
   const auto timesteps = scheduler.timesteps.to(torch::kCPU);
@@ -279,17 +287,18 @@ void Pipeline::Impl::adopt(Components c) {
   sample_size = transformer->config().sample_size;
   vq_scale_factor = vqvae->config().scale_factor();
   auto& s = summary;
-  s.device = device.str();
-  s.dtype = dtype_name(dtype);
+  s.device = device_of(device);
+  s.dtype = dtype_of(dtype);
   s.vq_scale_factor = static_cast<int>(vq_scale_factor);
   s.default_width = s.default_height = static_cast<int>(sample_size * vq_scale_factor);
   s.codebook_size = transformer->config().codebook_size;
   s.mask_token_id = scheduler_config.mask_token_id;
-  s.masking_schedule = scheduler_config.masking_schedule;
+  s.masking_schedule = parse_masking_schedule(scheduler_config.masking_schedule);
   const int64_t grid = sample_size;
-  s.transformer_gflop = models::uvit_2d_flops(transformer->config(), grid, grid) / 1e9;
+  const int64_t text_len = tokenizer->model_max_length();  // the padded prompt length
+  s.transformer_gflop = models::uvit_2d_flops(transformer->config(), grid, grid, text_len) / 1e9;
   s.vq_decode_gflop = models::vq_decode_flops(vqvae->config(), grid, grid) / 1e9;
-  s.text_encoder_gflop = models::clip_text_flops(text_encoder->config()) / 1e9;
+  s.text_encoder_gflop = models::clip_text_flops(text_encoder->config(), text_len) / 1e9;
   auto count = [](const torch::nn::Module& m) {
     int64_t n = 0;
     for (const auto& p : m.parameters()) n += p.numel();
@@ -317,7 +326,7 @@ const ModelSummary& Pipeline::summary() const { return impl_->summary; }
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOptions& options) {
   const auto t0 = Clock::now();
   auto impl = std::make_unique<Impl>();
-  impl->device = parse_device(options.device);
+  impl->device = to_torch_device(options.device);
   impl->dtype = resolve_dtype(options.dtype, impl->device);
   if (impl->device.is_cpu() && impl->dtype == torch::kFloat16)
     throw Unsupported("--dtype float16 needs a CUDA device: LibTorch's CPU kernels lack float16 matrix products; "
@@ -353,11 +362,11 @@ std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOpt
 
   auto& s = impl->summary;
   s.path = repo.root().string();
-  s.dtype = mixed ? "bfloat16" : dtype_name(impl->dtype);
+  s.dtype = mixed ? DType::BFloat16 : dtype_of(impl->dtype);
   s.threads = threads;
   release_free_memory();  // conversion buffers
   s.load_seconds = seconds_since(t0);
-  log_phase("load (" + s.dtype + ")", s.load_seconds);
+  log_phase(std::string("load (") + to_string(s.dtype) + ")", s.load_seconds);
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(impl)));
 }
 
@@ -383,8 +392,10 @@ void Pipeline::Impl::validate(const GenerationParams& params) const {
                           " images, more than the " + std::to_string(kMaxBatch) + " one call may make");
   if (!std::isfinite(params.guidance_scale)) throw InvalidArgument("guidance scale must be a finite number");
   if (!std::isfinite(params.aesthetic_score)) throw InvalidArgument("aesthetic score must be a finite number");
-  if (!params.masking_schedule.empty() && params.masking_schedule != "cosine" && params.masking_schedule != "linear")
-    throw InvalidArgument("masking schedule '" + params.masking_schedule + "' is unknown (cosine or linear)");
+  if (params.masking_schedule != MaskingSchedule::FromConfig && params.masking_schedule != MaskingSchedule::Cosine &&
+      params.masking_schedule != MaskingSchedule::Linear)
+    throw InvalidArgument("masking schedule " + std::to_string(static_cast<int>(params.masking_schedule)) +
+                          " is unknown (FromConfig, Cosine or Linear)");
   const auto& t = params.temperature.values;
   if (t.empty() || (params.temperature.scalar && t.size() != 1) ||
       (!params.temperature.scalar && t.size() != 2 && static_cast<int>(t.size()) != params.num_inference_steps))

@@ -57,7 +57,7 @@ struct DenoiseRequest {
   int num_inference_steps = 12;
   int start_step = 0;           // img2img/inpaint run steps start_step .. N-1
   Temperature temperature;
-  std::string masking_schedule;  // "" = scheduler config
+  MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;
   double starting_mask_ratio = 1.0;
   ProgressCallback progress;
 };
@@ -190,13 +190,14 @@ inline int64_t batch_size(const GenerationParams& p) {
   return static_cast<int64_t>(p.prompts.size()) * p.num_images_per_prompt;
 }
 
-// "auto" (see LoadOptions::dtype) on `device` -> dtype.
-torch::ScalarType resolve_dtype(const std::string& name, const torch::Device& device);
-std::string dtype_name(torch::ScalarType t);
+// DType::Auto (see LoadOptions::dtype) on `device` -> the dtype it means there.
+torch::ScalarType resolve_dtype(DType dtype, const torch::Device& device);
+// Float32 / BFloat16 / Float16 <-> LibTorch's scalar types (Auto is resolve_dtype's).
+torch::ScalarType to_scalar_type(DType dtype);
+DType dtype_of(torch::ScalarType t);
 bool cpu_has_native_bf16();
-// "float32" | "fp32" | "bfloat16" | "bf16" | "float16" | "fp16" | "half" -> dtype (InvalidArgument otherwise).
-torch::ScalarType parse_dtype(const std::string& name);
-// "cpu" | "cuda" | "cuda:N" -> device; CUDA requested but unavailable is an Unsupported error.
-torch::Device parse_device(const std::string& name);
+// The API's Device as LibTorch's; CUDA requested but unavailable is an Unsupported error.
+torch::Device to_torch_device(const Device& device);
+Device device_of(const torch::Device& device);
 
 }  // namespace amused

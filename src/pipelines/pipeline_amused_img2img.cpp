@@ -68,7 +68,7 @@ GenerationResult Pipeline::Impl::edit(const GenerationParams& params, const Edit
   if (mask == nullptr) {
     // add_noise at timesteps[start - 1]; Python's timesteps[-1] (= 0) when start is 0.
     AmusedSchedulerConfig cfg = scheduler_config;
-    if (!params.masking_schedule.empty()) cfg.masking_schedule = params.masking_schedule;
+    if (params.masking_schedule != MaskingSchedule::FromConfig) cfg.masking_schedule = to_string(params.masking_schedule);
     AmusedScheduler scheduler(cfg);
     scheduler.set_timesteps(n, to_scheduler_temperature(params.temperature));
     const int64_t t_noise = scheduler.timesteps[req.start_step > 0 ? req.start_step - 1 : n - 1].item<int64_t>();
@@ -76,7 +76,7 @@ GenerationResult Pipeline::Impl::edit(const GenerationParams& params, const Edit
   } else {
     // The reference's inpaint pipeline switches its scheduler to the linear schedule; we do it for
     // this call only (unless the caller chose a schedule).
-    if (params.masking_schedule.empty()) req.masking_schedule = "linear";
+    if (params.masking_schedule == MaskingSchedule::FromConfig) req.masking_schedule = MaskingSchedule::Linear;
     auto bits = mask_to_grid(*mask, in.image, h, w, device);
     tokens = tokens.masked_fill(bits, scheduler_config.mask_token_id);
     // float32, as the reference's mask.sum() / latents.numel()

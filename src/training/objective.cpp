@@ -20,9 +20,11 @@ TextConditioning encode_captions(const ClipTokenizer& tokenizer,
                                  models::CLIPTextModelWithProjection& text_encoder,
                                  const std::vector<std::string>& captions, int64_t max_length) {
   if (captions.empty()) throw InvalidArgument("encode_captions: no captions");
-  const auto batch = tokenizer.encode_batch(captions, max_length);
+  // Padded to the tokenizer's model_max_length, as train_amused.py's tokenize_prompt (77 for CLIP-L).
+  const auto batch =
+      tokenizer.encode_batch(captions, max_length > 0 ? max_length : tokenizer.model_max_length());
   TextConditioning out;
-  // [B * 77] -> [B, 77]
+  // [B * L] -> [B, L]
   out.input_ids =
       torch::tensor(batch.input_ids, torch::kLong).reshape({batch.batch_size, batch.max_length});
   torch::NoGradGuard no_grad;

@@ -26,7 +26,7 @@
 namespace amused::training {
 
 struct TextConditioning {
-  torch::Tensor input_ids;  // [B, 77] int64, tokenizer(padding="max_length", truncation)
+  torch::Tensor input_ids;  // [B, L] int64, tokenizer(padding="max_length", truncation), L = model_max_length
   torch::Tensor encoder_hidden_states;  // [B, 77, H] = hidden_states[-2]
   torch::Tensor cond_embeds;            // [B, P] = text_embeds (the transformer's pooled_text_emb)
 };
@@ -36,7 +36,7 @@ struct TextConditioning {
 // for an empty caption list.
 TextConditioning encode_captions(const ClipTokenizer& tokenizer,
                                  models::CLIPTextModelWithProjection& text_encoder,
-                                 const std::vector<std::string>& captions, int64_t max_length = 77);
+                                 const std::vector<std::string>& captions, int64_t max_length = 0);
 
 struct CondDropout {
   torch::Tensor encoder_hidden_states;  // [B, T, H], new tensor

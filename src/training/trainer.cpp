@@ -219,7 +219,7 @@ class TrainerImpl final : public Trainer {
 TrainerImpl::TrainerImpl(const TrainOptions& options) : o_(options) {
   validate(o_);
   configure_threads_for_load(o_.threads);
-  device_ = parse_device(o_.device);
+  device_ = to_torch_device(Device::parse(o_.device));
   if (o_.mixed_precision == "fp16" && !device_.is_cuda())
     throw Unsupported("--mixed-precision fp16 needs a CUDA device (the CPU has no float16 matrix kernels); use bf16");
   schedule_ = parse_lr_schedule(o_.lr_scheduler);
@@ -425,12 +425,13 @@ TextConditioning TrainerImpl::encode_text(const Batch& batch, const std::vector<
   if (o_.train_text_encoder) {
     // The text encoder trains: encode with autograd (train_amused.py --train_text_encoder).
     TextConditioning t;
+    const int64_t length = c_.tokenizer->model_max_length();
     std::vector<int64_t> ids;
     for (const auto& caption : batch.captions) {
-      auto one = c_.tokenizer->encode_padded(caption, 77);
+      auto one = c_.tokenizer->encode_padded(caption, length);
       ids.insert(ids.end(), one.begin(), one.end());
     }
-    t.input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(batch.captions.size()), 77}).to(device_);
+    t.input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(batch.captions.size()), length}).to(device_);
     auto out = c_.text_encoder->forward(t.input_ids, /*output_hidden_states=*/true);
     t.encoder_hidden_states = out.penultimate_hidden_state;
     t.cond_embeds = out.text_embeds;

@@ -196,7 +196,7 @@ class VQTrainerImpl final : public VQTrainer {
 VQTrainerImpl::VQTrainerImpl(const VQTrainOptions& options) : o_(options) {
   validate(o_);
   configure_threads_for_load(o_.threads);
-  device_ = parse_device(o_.device);
+  device_ = to_torch_device(Device::parse(o_.device));
   ema_codebook_ = o_.codebook_update == "ema";
 
   // ---- model: a VQ folder with weights (continue), or a config (from scratch).

@@ -33,7 +33,7 @@ struct Fidelity {
 // scheduler step with a generator consumed exactly like the reference's.
 Fidelity replay(const json& c, const std::string& dtype) {
   amused::LoadOptions lo;
-  lo.dtype = dtype;
+  lo.dtype = amused::parse_dtype(dtype);
   auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), lo);
   auto& m = amused::PipelineAccess::impl(*pipe);
   const json& t = c["teacher"];
@@ -115,7 +115,7 @@ namespace {
 TEST(DtypeFidelity, BFloat16DecodedImages) {
   AMUSED_REQUIRE_GOLDEN();
   amused::LoadOptions lo;
-  lo.dtype = "bfloat16";
+  lo.dtype = amused::DType::BFloat16;
   for (const auto& c : golden_cases_of_kind("pipeline_t2i")) {
     auto pipe = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), lo);
     amused::Timings t;

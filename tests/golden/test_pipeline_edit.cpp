@@ -93,7 +93,7 @@ TEST(PipelineEditLazyEncoder, LoadedOnFirstEditOnly) {
   EXPECT_TRUE(matches_descriptor(tokens_tensor(r.tokens), c["outputs"]["final_tokens"], "final_tokens"));
 
   amused::LoadOptions bf16;
-  bf16.dtype = "bfloat16";
+  bf16.dtype = amused::DType::BFloat16;
   auto mixed = amused::Pipeline::load(golden_path(c["model_path"].get<std::string>()).string(), bf16);
   mixed->image_to_image(p);
   for (const auto& item : amused::PipelineAccess::impl(*mixed).vqvae->named_parameters()) {

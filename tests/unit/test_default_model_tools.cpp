@@ -274,9 +274,10 @@ TEST(Convert, Float16FilesUnderThePlainNamesThatLoadAndGenerateLikeTheOriginal) 
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_EQ(amused::load_image(tmp / "a.png").width, amused::load_image(tmp / "b.png").width);
   // Bad requests name the option.
-  o.dtype = "int8";
+  EXPECT_THROW(amused::parse_dtype("int8"), amused::InvalidArgument);
+  o.dtype = amused::DType::BFloat16;  // a format the converter does not write
   EXPECT_THROW(amused::convert_pipeline(o), amused::InvalidArgument);
-  o.dtype = "float32";
+  o.dtype = amused::DType::Float32;
   o.variant = "fp16";
   EXPECT_THROW(amused::convert_pipeline(o), amused::InvalidArgument);
   o.variant.clear();
@@ -294,7 +295,7 @@ TEST(Eval, ScoresEverySetWritesTheReportAndCurves) {
   o.model = gt::golden_path("models/tiny-a").string();
   o.data = data.string();
   o.output = (tmp / "eval").string();
-  o.load.dtype = "float32";
+  o.load.dtype = amused::DType::Float32;
   o.load.threads = 1;
   o.load.offline = true;
   o.samples = 3;

@@ -195,7 +195,7 @@ amused::TextToImageParams t2i() {
 TEST(LoraPipeline, ScalesPerCallAndMergedEqualsRuntimeAtScaleZero) {
   AMUSED_REQUIRE_GOLDEN();
   amused::LoadOptions lo;
-  lo.dtype = "float32";
+  lo.dtype = amused::DType::Float32;
   lo.threads = 1;
   auto plain = amused::Pipeline::load(gt::golden_path("models/tiny-a").string(), lo);
   const auto base = plain->text_to_image(t2i()).tokens[0].ids;

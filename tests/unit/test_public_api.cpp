@@ -48,3 +48,54 @@ TEST(PublicApi, InpaintParamsIsNotAnImageToImageParams) {
   EXPECT_EQ(amused::InpaintParams{}.strength, 1.0);
   EXPECT_EQ(amused::ImageToImageParams{}.strength, 0.5);
 }
+
+// types.h: the API takes DType, Device and MaskingSchedule; the text forms parse at the edges and
+// round-trip, and an unknown one is an InvalidArgument that lists what is accepted.
+TEST(PublicApi, DTypeDeviceAndScheduleParseAndPrint) {
+  using amused::DType;
+  for (DType d : {DType::Auto, DType::Float32, DType::BFloat16, DType::Float16})
+    EXPECT_EQ(amused::parse_dtype(amused::to_string(d)), d);
+  EXPECT_EQ(amused::parse_dtype("BF16"), DType::BFloat16);
+  EXPECT_EQ(amused::parse_dtype("fp16"), DType::Float16);
+  EXPECT_EQ(amused::parse_dtype("half"), DType::Float16);
+  EXPECT_EQ(amused::parse_dtype("fp32"), DType::Float32);
+  try {
+    amused::parse_dtype("int8");
+    ADD_FAILURE() << "int8 parsed";
+  } catch (const amused::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("'int8'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bfloat16"), std::string::npos) << e.what();
+  }
+
+  using amused::Device;
+  EXPECT_EQ(Device::parse("cpu"), Device::cpu());
+  EXPECT_EQ(Device::parse("CUDA"), Device::cuda());
+  EXPECT_EQ(Device::parse("cuda:1"), Device::cuda(1));
+  EXPECT_EQ(Device::parse("cuda:1").str(), "cuda:1");
+  EXPECT_EQ(Device::cuda().str(), "cuda");
+  EXPECT_EQ(Device{}.str(), "cpu");
+  EXPECT_TRUE(Device::parse("cuda:0").is_cuda());
+  for (const char* bad : {"gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:1x", "cuda:99999999", "mps", ""})
+    EXPECT_THROW(Device::parse(bad), amused::InvalidArgument) << bad;
+
+  using amused::MaskingSchedule;
+  for (MaskingSchedule m : {MaskingSchedule::FromConfig, MaskingSchedule::Cosine, MaskingSchedule::Linear})
+    EXPECT_EQ(amused::parse_masking_schedule(amused::to_string(m)), m);
+  EXPECT_EQ(amused::parse_masking_schedule("Linear"), MaskingSchedule::Linear);
+  EXPECT_THROW(amused::parse_masking_schedule("sqrt"), amused::InvalidArgument);
+}
+
+// The summary reports the resolved types: auto becomes the format the model runs in, the schedule
+// is the scheduler config's.
+TEST(PublicApi, SummaryReportsResolvedTypes) {
+  AMUSED_REQUIRE_GOLDEN();
+  auto pipe = amused::Pipeline::load(gt::golden_path("models/tiny-a").string(), gt::reference_options());
+  EXPECT_EQ(pipe->summary().dtype, amused::DType::Float32);
+  EXPECT_EQ(pipe->summary().device, amused::Device::cpu());
+  EXPECT_NE(pipe->summary().masking_schedule, amused::MaskingSchedule::FromConfig);
+  amused::LoadOptions automatic;
+  automatic.dtype = amused::DType::Auto;
+  auto chosen = amused::Pipeline::load(gt::golden_path("models/tiny-a").string(), automatic);
+  EXPECT_NE(chosen->summary().dtype, amused::DType::Auto);
+  EXPECT_NE(chosen->summary().dtype, amused::DType::Float16);  // the CPU never runs float16
+}

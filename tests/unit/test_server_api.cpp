@@ -19,6 +19,7 @@ using amused::server::base64_decode;
 using amused::server::base64_encode;
 using amused::server::Endpoint;
 using amused::server::FormField;
+using amused::server::GenerationMode;
 using amused::server::GenerationRequest;
 using amused::server::RequestLimits;
 using json = nlohmann::json;
@@ -115,7 +116,7 @@ TEST(ServerApi, ErrorShape) {
 
 TEST(ServerApi, MinimalGenerationGetsTheCliDefaults) {
   const GenerationRequest r = gen_ok(R"({"prompt": "a cat"})");
-  EXPECT_EQ(r.mode, "text-to-image");
+  EXPECT_EQ(r.mode, GenerationMode::TextToImage);
   EXPECT_EQ(r.prompts, std::vector<std::string>{"a cat"});
   EXPECT_TRUE(r.negative_prompts.empty());
   EXPECT_EQ(r.n, 1);
@@ -126,7 +127,7 @@ TEST(ServerApi, MinimalGenerationGetsTheCliDefaults) {
   EXPECT_EQ(r.temperature, (std::vector<double>{2.0, 0.0}));
   EXPECT_EQ(r.aesthetic_score, 6.0);
   EXPECT_EQ(r.crop_coord, std::make_pair(0, 0));
-  EXPECT_EQ(r.masking_schedule, "");
+  EXPECT_EQ(r.masking_schedule, amused::MaskingSchedule::FromConfig);
 }
 
 TEST(ServerApi, TheModelsGenerationDefaultsFillWhatARequestLeavesOut) {
@@ -159,7 +160,7 @@ TEST(ServerApi, FullGeneration) {
   EXPECT_EQ(r.temperature, (std::vector<double>{3.0, 0.5}));
   EXPECT_EQ(r.aesthetic_score, 5.5);
   EXPECT_EQ(r.crop_coord, std::make_pair(16, 32));
-  EXPECT_EQ(r.masking_schedule, "linear");
+  EXPECT_EQ(r.masking_schedule, amused::MaskingSchedule::Linear);
   // Other spellings: a single temperature, "a,b" strings, null = absent, size "auto".
   const GenerationRequest s = gen_ok(
       R"({"prompt": "x", "temperature": 1.5, "crop_coord": "3,4", "seed": null, "size": "auto"})");
@@ -271,7 +272,7 @@ TEST(ServerApi, MultipartEdits) {
                              {"temperature", "2,0", "", ""},
                              {"crop_coord", "0,0", "", ""},
                              {"response_format", "b64_json", "", ""}}));
-  EXPECT_EQ(r.mode, "image-to-image");
+  EXPECT_EQ(r.mode, GenerationMode::ImageToImage);
   EXPECT_EQ(r.image.width, 64);
   EXPECT_EQ(r.image.height, 32);
   EXPECT_EQ(r.image_name, "photo.png");
@@ -284,7 +285,7 @@ TEST(ServerApi, MultipartEdits) {
   r = ok(parse({{"image", image, "photo.png", ""},
                 {"mask", mask, "mask.png", ""},
                 {"prompt", "x", "", ""}}));
-  EXPECT_EQ(r.mode, "inpaint");
+  EXPECT_EQ(r.mode, GenerationMode::Inpaint);
   EXPECT_EQ(r.mask_name, "mask.png");
 
   struct Case {
@@ -398,13 +399,13 @@ TEST(ServerApi, JsonEditsAndJobs) {
     return amused::server::parse_json_request(j.dump(), Endpoint::Edits, limits());
   };
   GenerationRequest r = ok(edit({{"prompt", "x"}, {"image", base64_encode(image)}}));
-  EXPECT_EQ(r.mode, "image-to-image");
+  EXPECT_EQ(r.mode, GenerationMode::ImageToImage);
   EXPECT_EQ(r.image.width, 32);
   r = ok(edit({{"prompt", "x"},
                {"image", "data:image/png;base64," + base64_encode(image)},
                {"mask", base64_encode(mask)},
                {"strength", 0.9}}));
-  EXPECT_EQ(r.mode, "inpaint");
+  EXPECT_EQ(r.mode, GenerationMode::Inpaint);
   EXPECT_EQ(r.strength.value_or(0), 0.9);
   EXPECT_EQ(err(edit({{"prompt", "x"}, {"image", "###"}})).code, "invalid_base64");
   EXPECT_EQ(err(edit({{"prompt", "x"}, {"image", base64_encode(image) + "\n"}})).code,
@@ -421,8 +422,8 @@ TEST(ServerApi, JsonEditsAndJobs) {
   auto job = [](const json& j) {
     return amused::server::parse_json_request(j.dump(), Endpoint::Jobs, limits());
   };
-  EXPECT_EQ(ok(job({{"prompt", "x"}, {"steps", 3}})).mode, "text-to-image");
-  EXPECT_EQ(ok(job({{"prompt", "x"}, {"image", base64_encode(image)}})).mode, "image-to-image");
+  EXPECT_EQ(ok(job({{"prompt", "x"}, {"steps", 3}})).mode, GenerationMode::TextToImage);
+  EXPECT_EQ(ok(job({{"prompt", "x"}, {"image", base64_encode(image)}})).mode, GenerationMode::ImageToImage);
   EXPECT_EQ(err(job({{"prompt", "x"}, {"mask", base64_encode(mask)}})).param, "mask");
   EXPECT_EQ(err(job({{"prompt", "x"}, {"strength", 0.5}})).param, "strength");
 }
@@ -444,7 +445,7 @@ TEST(ServerApi, ToParamsMatchesTheCli) {
   EXPECT_EQ(p.temperature.values, std::vector<double>{1.5});
   EXPECT_EQ(p.aesthetic_score, 5.0);
   EXPECT_EQ(p.crop_coord, std::make_pair(1, 2));
-  EXPECT_EQ(p.masking_schedule, "linear");
+  EXPECT_EQ(p.masking_schedule, amused::MaskingSchedule::Linear);
   EXPECT_EQ(p.width.value_or(0), 64);
   EXPECT_EQ(p.height.value_or(0), 32);
   // No negative prompt given: none passed (the CLI passes an empty list too).
@@ -453,12 +454,12 @@ TEST(ServerApi, ToParamsMatchesTheCli) {
 
   // Edits: the strength defaults of the CLI (0.5 image-to-image, 1.0 inpainting).
   GenerationRequest e;
-  e.mode = "image-to-image";
+  e.mode = GenerationMode::ImageToImage;
   e.prompts = {"p"};
   e.image = solid(16, 16, 3);
   EXPECT_EQ(amused::server::to_params(e).img2img.strength, 0.5);
   EXPECT_EQ(amused::server::to_params(e).img2img.image.width, 16);
-  e.mode = "inpaint";
+  e.mode = GenerationMode::Inpaint;
   e.mask = solid(16, 16, 255);
   EXPECT_EQ(amused::server::to_params(e).inpaint.strength, 1.0);
   EXPECT_EQ(amused::server::to_params(e).inpaint.mask.width, 16);
@@ -473,7 +474,8 @@ TEST(ServerApi, PngMetadataHasTheCliKeys) {
   amused::GenerationResult result;
   result.images = {solid(16, 16, 0), solid(16, 16, 0)};
   result.seed = 3;
-  const auto text = amused::server::png_metadata(r, result, 1, "models/x", "cosine", "float32");
+  const auto text = amused::server::png_metadata(r, result, 1, "models/x", amused::MaskingSchedule::Cosine,
+                                                 amused::DType::Float32);
   std::vector<std::string> keys;
   for (const auto& [k, v] : text) keys.push_back(k);
   EXPECT_EQ(keys, (std::vector<std::string>{
@@ -635,7 +637,7 @@ TEST(ServerApi, MultipartImageArrayField) {
     return amused::server::parse_multipart_request(f, Endpoint::Edits, limits());
   };
   const GenerationRequest r = ok(parse({{"image[]", image, "in.png", "image/png"}, {"prompt", "p", "", ""}}));
-  EXPECT_EQ(r.mode, "image-to-image");
+  EXPECT_EQ(r.mode, GenerationMode::ImageToImage);
   EXPECT_EQ(r.image.width, 64);
   EXPECT_EQ(r.image_name, "in.png");
   const ApiError e = err(parse({{"image[]", image, "a.png", "image/png"},
@@ -655,13 +657,13 @@ TEST(ServerApi, MultipartImageArrayField) {
 TEST(ServerApi, StepsToRunCountEditsLikeThePipeline) {
   GenerationRequest r;
   r.steps = 12;
-  r.mode = "text-to-image";
+  r.mode = GenerationMode::TextToImage;
   EXPECT_EQ(amused::server::steps_to_run(r), 12);
-  r.mode = "image-to-image";
+  r.mode = GenerationMode::ImageToImage;
   EXPECT_EQ(amused::server::steps_to_run(r), 6);  // default strength 0.5
   r.strength = 0.01;
   EXPECT_EQ(amused::server::steps_to_run(r), 0);
-  r.mode = "inpaint";
+  r.mode = GenerationMode::Inpaint;
   r.strength.reset();
   EXPECT_EQ(amused::server::steps_to_run(r), 12);  // default strength 1.0
   r.strength = 0.3;
