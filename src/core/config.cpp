@@ -1,4 +1,8 @@
 #include "core/config.h"
+
+#include <cstdio>
+
+#include "core/memory.h"
 #include "core/files.h"
 
 #include <fstream>
@@ -220,6 +224,32 @@ void config_check_size(int64_t v, const std::string& source, const std::string& 
   config_check(v > 0 && v <= kMaxConfigSize, source, key,
                "expected a positive integer of at most " + std::to_string(kMaxConfigSize) + ", got " +
                    std::to_string(v));
+}
+
+namespace {
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 6) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
+  return buf;
+}
+}  // namespace
+
+void config_check_model_fits(const ModelSizeBound& bound, const std::string& source, const std::string& model) {
+  const double bytes = bound.parameters * 4.0;  // built in float32
+  const uint64_t can = allocatable_bytes();
+  if (bytes <= static_cast<double>(can)) return;
+  char count[32];
+  std::snprintf(count, sizeof count, "%.3g", bound.parameters);
+  throw ConfigError(source + ": describes a " + model + " of at least " + count + " parameters (" +
+                    human_bytes(bytes) + " as float32), more than the " + human_bytes(static_cast<double>(can)) +
+                    " this process can allocate; most of them come from " + bound.largest_term +
+                    ": is one of those values wrong?");
 }
 
 }  // namespace amused

@@ -86,4 +86,26 @@ void config_check(bool ok, const std::string& source, const std::string& key, co
 // config_check for a size field: 0 < v <= kMaxConfigSize.
 void config_check_size(int64_t v, const std::string& source, const std::string& key);
 
+// A lower bound on the parameters a config describes (the matrices every such model has; biases
+// and norms left out), and which of its terms is largest, so that an error can name the keys that
+// make a model too big. Built by each config's min_parameters().
+struct ModelSizeBound {
+  double parameters = 0;
+  std::string largest_term;  // e.g. "num_hidden_layers x hidden_size, intermediate_size"
+  double largest = 0;
+  void add(double n, const std::string& term) {
+    parameters += n;
+    if (n > largest) {
+      largest = n;
+      largest_term = term;
+    }
+  }
+};
+
+// Throws ConfigError naming `source`, the model and its largest term when the model `bound`
+// describes cannot be allocated: its parameters as float32 (how models are built) exceed what this
+// process can still allocate (allocatable_bytes(), core/memory.h). Configs check this when parsed,
+// before anything is allocated.
+void config_check_model_fits(const ModelSizeBound& bound, const std::string& source, const std::string& model);
+
 }  // namespace amused

@@ -4,9 +4,67 @@
 #include <malloc.h>
 #endif
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <limits>
 #include <mutex>
+#include <sstream>
+#include <string>
 
 namespace amused {
+
+namespace {
+// The "Key:   123 kB" line of /proc/meminfo or /proc/self/status, in bytes; false when absent.
+bool read_kb_field(const char* file, const std::string& key, uint64_t& bytes) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, key.size(), key) != 0 || line.size() <= key.size() || line[key.size()] != ':') continue;
+    std::istringstream is(line.substr(key.size() + 1));
+    uint64_t kb = 0;
+    if (!(is >> kb)) return false;
+    bytes = kb * 1024;
+    return true;
+  }
+  return false;
+}
+// A cgroup v2 file holding one number, or "max".
+bool read_cgroup_number(const char* file, uint64_t& value) {
+  std::ifstream in(file);
+  std::string text;
+  if (!(in >> text) || text == "max") return false;
+  try {
+    value = std::stoull(text);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+}  // namespace
+
+uint64_t allocatable_bytes() {
+  uint64_t can = std::numeric_limits<uint64_t>::max();
+  uint64_t available = 0, swap = 0;
+  if (read_kb_field("/proc/meminfo", "MemAvailable", available)) {
+    read_kb_field("/proc/meminfo", "SwapFree", swap);
+    can = std::min(can, available + swap);
+  }
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    uint64_t mapped = 0;
+    read_kb_field("/proc/self/status", "VmSize", mapped);
+    const uint64_t cap = static_cast<uint64_t>(limit.rlim_cur);
+    can = std::min(can, cap > mapped ? cap - mapped : 0);
+  }
+  uint64_t max = 0, current = 0;
+  if (read_cgroup_number("/sys/fs/cgroup/memory.max", max) &&
+      read_cgroup_number("/sys/fs/cgroup/memory.current", current))
+    can = std::min(can, max > current ? max - current : 0);
+  return can;
+}
 
 void release_free_memory() {
 #if defined(__GLIBC__)

@@ -1,7 +1,14 @@
 // Heap layout and returning freed heap memory to the operating system.
 #pragma once
 
+#include <cstdint>
+
 namespace amused {
+
+// Bytes this process can still allocate: the smallest of the memory the system reports available
+// (MemAvailable + SwapFree), the address-space limit (ulimit -v) less what is mapped now, and the
+// cgroup's memory.max less its memory.current. UINT64_MAX when none of them is known.
+uint64_t allocatable_bytes();
 
 // Gives the pages of free heap memory back to the system (glibc's malloc_trim; a no-op elsewhere).
 // The denoising loop leaves its activations' freed pages resident in the allocator's free lists;

@@ -72,7 +72,20 @@ CLIPTextConfig CLIPTextConfig::from_json(const json& j, const std::string& sourc
   config_check(c.layer_norm_eps > 0, source, "layer_norm_eps", "expected > 0");
   config_check(c.attention_dropout >= 0 && c.attention_dropout < 1, source, "attention_dropout",
                "expected a probability in [0, 1)");
+  config_check_model_fits(c.min_parameters(), source, "CLIPTextModelWithProjection");
   return c;
+}
+
+ModelSizeBound CLIPTextConfig::min_parameters() const {
+  const double H = static_cast<double>(hidden_size);
+  ModelSizeBound b;
+  b.add(static_cast<double>(vocab_size) * H, "vocab_size x hidden_size");
+  b.add(static_cast<double>(max_position_embeddings) * H, "max_position_embeddings x hidden_size");
+  // Per layer: q, k, v, out (H x H) and the MLP's fc1/fc2 (H x intermediate_size).
+  b.add(static_cast<double>(num_hidden_layers) * (4 * H * H + 2 * H * static_cast<double>(intermediate_size)),
+        "num_hidden_layers x hidden_size, intermediate_size");
+  b.add(static_cast<double>(projection_dim) * H, "projection_dim x hidden_size");
+  return b;
 }
 
 json CLIPTextConfig::to_json() const {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "nn/layers.h"
 
 namespace amused::models {
@@ -57,6 +58,9 @@ struct CLIPTextConfig {
   // an unsupported hidden_act or inconsistent sizes.
   static CLIPTextConfig from_json(const nlohmann::json& j, const std::string& source);
   nlohmann::json to_json() const;
+  // A lower bound on the parameters this config describes (core/config.h), checked against the
+  // memory left when the config is parsed and against the weight files' sizes when they load.
+  ModelSizeBound min_parameters() const;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };

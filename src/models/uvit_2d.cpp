@@ -102,6 +102,28 @@ void UVit2DConfig::validate(const std::string& source) const {
                "expected a probability in [0, 1)");
   config_check(attention_dropout >= 0 && attention_dropout < 1, source, "attention_dropout",
                "expected a probability in [0, 1)");
+  config_check_model_fits(min_parameters(), source, "UVit2DModel");
+}
+
+ModelSizeBound UVit2DConfig::min_parameters() const {
+  const double D = static_cast<double>(hidden_size), C = static_cast<double>(block_out_channels);
+  const double I = static_cast<double>(in_channels), F = static_cast<double>(intermediate_size);
+  ModelSizeBound b;
+  b.add(D * static_cast<double>(encoder_hidden_size), "hidden_size x encoder_hidden_size");
+  b.add(static_cast<double>(vocab_size) * I, "vocab_size x in_channels");
+  b.add(I * C, "in_channels x block_out_channels");
+  b.add(D * static_cast<double>(cond_embed_dim + micro_cond_embed_dim) + D * D,
+        "hidden_size x cond_embed_dim, micro_cond_embed_dim");
+  // Down and up blocks: per res block the 4x channel MLP (8 C^2) and its condition mapper (2 C D);
+  // per attention block two attentions (8 C^2) (and a key/value mapper when C != D, not counted).
+  b.add(2 * static_cast<double>(num_res_blocks) * (16 * C * C + 2 * C * D),
+        "num_res_blocks x block_out_channels, hidden_size");
+  b.add(2 * C * D, "block_out_channels x hidden_size");
+  // Per transformer layer: three adaLN mappers (6 D^2), two attentions (8 D^2), the GEGLU (3 F D).
+  b.add(static_cast<double>(num_hidden_layers) * (14 * D * D + 3 * F * D),
+        "num_hidden_layers x hidden_size, intermediate_size");
+  b.add(C * I + static_cast<double>(codebook_size) * I, "codebook_size x in_channels");
+  return b;
 }
 
 // ---------------------------------------------------------------- blocks

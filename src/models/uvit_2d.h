@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/config.h"
 #include "nn/attention.h"
 #include "nn/embeddings.h"
 #include "nn/layers.h"
@@ -49,6 +50,9 @@ struct UVit2DConfig {
   nlohmann::json to_json() const;
   // Throws ConfigError naming `source` and the key when a value cannot build a model.
   void validate(const std::string& source) const;
+  // A lower bound on the parameters this config describes (core/config.h), checked against the
+  // memory left when the config is parsed and against the weight files' sizes when they load.
+  ModelSizeBound min_parameters() const;
 };
 
 namespace uvit {

@@ -104,6 +104,25 @@ void VQModelConfig::validate(const std::string& source) const {
   check_coder_options(o, "down_block_types", "DownEncoderBlock2D");
   o.block_types = up_block_types;
   check_coder_options(o, "up_block_types", "UpDecoderBlock2D");
+  config_check_model_fits(min_parameters(), source, "VQModel");
+}
+
+ModelSizeBound VQModelConfig::min_parameters() const {
+  ModelSizeBound b;
+  // Each resnet's second 3x3 convolution (9 C^2) at its level: layers_per_block in the encoder,
+  // layers_per_block + 1 in the decoder; the two mid blocks' 2 x 2 resnets (36 C^2 each) at the
+  // last level; the codebook.
+  double levels = 0;
+  for (const int64_t ch : block_out_channels) {
+    const double c = static_cast<double>(ch);
+    levels += static_cast<double>(2 * layers_per_block + 1) * 9 * c * c;
+  }
+  b.add(levels, "layers_per_block x block_out_channels");
+  const double last = static_cast<double>(block_out_channels.back());
+  b.add(72 * last * last, "block_out_channels");
+  b.add(static_cast<double>(num_vq_embeddings) * static_cast<double>(embed_dim()),
+        "num_vq_embeddings x vq_embed_dim");
+  return b;
 }
 
 int64_t VQModelConfig::scale_factor() const {

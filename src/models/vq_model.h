@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "models/vae_blocks.h"
 #include "nn/layers.h"
 #include "nn/precision.h"
@@ -50,6 +51,9 @@ struct VQModelConfig {
   nlohmann::json to_json() const;
   // Throws as from_json does; called by from_json and by the VQModel constructor.
   void validate(const std::string& source) const;
+  // A lower bound on the parameters this config describes (core/config.h), checked against the
+  // memory left when the config is parsed and against the weight files' sizes when they load.
+  ModelSizeBound min_parameters() const;
 
   int64_t embed_dim() const { return vq_embed_dim.value_or(latent_channels); }
   // Spatial down-sampling factor of the encoder: 2^(len(block_out_channels) - 1).

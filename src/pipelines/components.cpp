@@ -1,5 +1,6 @@
 #include "pipelines/components.h"
 
+#include <cstdio>
 #include <fstream>
 
 #include "amused/error.h"
@@ -66,6 +67,29 @@ io::LoadOptions precision_load_options(const torch::nn::Module& module, Precisio
 }
 
 namespace {
+// The model a config describes must fit in its weight files: they hold at least two bytes (float16)
+// for each parameter of the config's lower bound. A config asking for more (a wrong layer count or
+// width beside real weights) is refused before the model is built, not after gigabytes were
+// allocated for it. Nothing to check with random weights.
+void check_weights_hold(const ModelSizeBound& bound, const std::vector<fs::path>& files,
+                        const std::string& config_source) {
+  if (files.empty()) return;
+  double bytes = 0;
+  for (const auto& f : files) {
+    // Opening checks the file (a truncated or malformed one gets the loader's own message).
+    if (f.extension() != ".safetensors") return;
+    bytes += static_cast<double>(io::SafeTensorsFile::open(f)->file_size());
+  }
+  const double needed = 2.0 * bound.parameters;
+  if (needed <= bytes) return;
+  char text[160];
+  std::snprintf(text, sizeof text, "at least %.3g parameters (%.1f MB even as float16) but its weight files hold %.1f MB",
+                bound.parameters, needed / 1e6, bytes / 1e6);
+  throw ConfigError(config_source + ": describes " + text + " (" + weights_source(files, files.front().parent_path()) +
+                    "): the config does not belong to these weights (most of its parameters come from " +
+                    bound.largest_term + ")");
+}
+
 std::string source_of(const fs::path& dir, const std::string& variant, const ComponentOptions& options) {
   if (options.random_weights) return dir.string();
   return weights_source(io::folder_weight_files(dir, variant), dir);
@@ -74,7 +98,10 @@ std::string source_of(const fs::path& dir, const std::string& variant, const Com
 
 models::UVit2DModel load_transformer(const fs::path& dir, const ComponentOptions& options, const std::string& variant) {
   const auto config_path = dir / "config.json";
-  models::UVit2DModel model(models::UVit2DConfig::from_json(read_json_file(config_path), config_path.string()));
+  const auto config = models::UVit2DConfig::from_json(read_json_file(config_path), config_path.string());
+  if (!options.random_weights)
+    check_weights_hold(config.min_parameters(), io::folder_weight_files(dir, variant), config_path.string());
+  models::UVit2DModel model(config);
   fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
        precision_load_options(*model, options.precision, options.device), options.random_weights,
        [&] { model->init_weights(); });
@@ -83,8 +110,10 @@ models::UVit2DModel load_transformer(const fs::path& dir, const ComponentOptions
 
 models::VQModel load_vqvae(const fs::path& dir, const ComponentOptions& options, const std::string& variant) {
   const auto config_path = dir / "config.json";
-  models::VQModel model(models::VQModelConfig::from_json(read_json_file(config_path), config_path.string()),
-                        config_path.string());
+  const auto config = models::VQModelConfig::from_json(read_json_file(config_path), config_path.string());
+  if (!options.random_weights)
+    check_weights_hold(config.min_parameters(), io::folder_weight_files(dir, variant), config_path.string());
+  models::VQModel model(config, config_path.string());
   fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
        precision_load_options(*model, options.precision, options.device, /*is_vqvae=*/true), options.random_weights,
        [&] { model->init_weights(); });
@@ -94,8 +123,10 @@ models::VQModel load_vqvae(const fs::path& dir, const ComponentOptions& options,
 models::CLIPTextModelWithProjection load_text_encoder(const fs::path& dir, const ComponentOptions& options,
                                                       const std::string& variant) {
   const auto config_path = dir / "config.json";
-  models::CLIPTextModelWithProjection model(
-      models::CLIPTextConfig::from_json(read_json_file(config_path), config_path.string()));
+  const auto config = models::CLIPTextConfig::from_json(read_json_file(config_path), config_path.string());
+  if (!options.random_weights)
+    check_weights_hold(config.min_parameters(), io::folder_weight_files(dir, variant), config_path.string());
+  models::CLIPTextModelWithProjection model(config);
   fill(model, [&] { return io::folder_weights(dir, variant); }, source_of(dir, variant, options),
        precision_load_options(*model, options.precision, options.device), options.random_weights,
        [&] { model->init_weights(); });
@@ -120,8 +151,15 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
     fill(model, [&] { return repo.component_weights(name); }, source(name),
          precision_load_options(*model, options.precision, options.device), random(name), init);
   };
-  c.text_encoder = models::CLIPTextModelWithProjection(models::CLIPTextConfig::from_json(
-      repo.component_config("text_encoder"), config_source("text_encoder", "config.json")));
+  // Each config is parsed (and bounded against memory), then checked against its weight files,
+  // before its model is built.
+  auto check_weights = [&](const ModelSizeBound& bound, const std::string& name) {
+    if (!random(name)) check_weights_hold(bound, repo.weight_files(name), config_source(name, "config.json"));
+  };
+  const auto text_config = models::CLIPTextConfig::from_json(repo.component_config("text_encoder"),
+                                                             config_source("text_encoder", "config.json"));
+  check_weights(text_config.min_parameters(), "text_encoder");
+  c.text_encoder = models::CLIPTextModelWithProjection(text_config);
   // Prompts are padded to the tokenizer's model_max_length (as in diffusers); the text encoder
   // must have that many positions.
   if (c.tokenizer->model_max_length() > c.text_encoder->config().max_position_embeddings)
@@ -131,11 +169,14 @@ Components load_components(const io::DiffusersRepo& repo, const ComponentOptions
                           " positions (text_encoder/config.json max_position_embeddings): lower it to at most " +
                           std::to_string(c.text_encoder->config().max_position_embeddings));
   load(c.text_encoder, "text_encoder", [&] { c.text_encoder->init_weights(); });
-  c.transformer = models::UVit2DModel(
-      models::UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json")));
+  const auto transformer_config =
+      models::UVit2DConfig::from_json(repo.component_config("transformer"), config_source("transformer", "config.json"));
+  check_weights(transformer_config.min_parameters(), "transformer");
+  c.transformer = models::UVit2DModel(transformer_config);
   load(c.transformer, "transformer", [&] { c.transformer->init_weights(); });
   {
     auto cfg = models::VQModelConfig::from_json(repo.component_config("vqvae"), config_source("vqvae", "config.json"));
+    check_weights(cfg.min_parameters(), "vqvae");
     c.vqvae = models::VQModel(cfg);
     models::VQModel vq = c.vqvae;
     const io::LoadOptions vq_lo = precision_load_options(*vq, options.precision, options.device, /*is_vqvae=*/true);

@@ -204,6 +204,20 @@ CliResult run_cli(const std::string& args) {
   return r;
 }
 
+std::filesystem::path link_golden_model(const std::string& name, const std::filesystem::path& to) {
+  namespace fs = std::filesystem;
+  const fs::path src = golden_path(name);
+  fs::create_directories(to);
+  for (const auto& e : fs::recursive_directory_iterator(src)) {
+    const fs::path dst = to / fs::relative(e.path(), src);
+    if (e.is_directory())
+      fs::create_directories(dst);
+    else
+      fs::create_symlink(e.path(), dst);
+  }
+  return to;
+}
+
 pid_t spawn_tied_to_test(const std::vector<std::string>& argv, const std::string& stdout_path,
                          const std::string& stderr_path) {
   if (argv.empty()) return -1;

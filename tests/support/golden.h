@@ -83,6 +83,11 @@ CliResult run_cli(const std::string& args);
 bool run_cli_killed_mid_run(const std::string& args, const std::function<bool()>& kill_when,
                             const std::function<bool()>& finished);
 
+// A copy of the golden model folder `name` ("models/tiny-a") at `to`, made of folders and symbolic
+// links to the golden files (cheap); a test replaces the files it changes (remove the link first,
+// never write through it). Returns `to`.
+std::filesystem::path link_golden_model(const std::string& name, const std::filesystem::path& to);
+
 // Starts argv[0] with argv (stdin from /dev/null; stdout and stderr to the files given, "" =
 // /dev/null) in a child that the kernel kills (SIGKILL) if this test process dies first, so a
 // crashed or killed test never leaves a server or a training run behind. Returns the child's pid,

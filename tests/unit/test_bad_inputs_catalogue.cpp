@@ -62,17 +62,7 @@ std::string substitute(std::string s, const std::map<std::string, std::string>& 
 }
 
 // A copy of tiny-a made of symlinks to the golden files (cheap); cases replace single files.
-fs::path link_model(const fs::path& to) {
-  const fs::path src = golden_path("models/tiny-a");
-  for (const auto& e : fs::recursive_directory_iterator(src)) {
-    const fs::path dst = to / fs::relative(e.path(), src);
-    if (e.is_directory())
-      fs::create_directories(dst);
-    else
-      fs::create_symlink(e.path(), dst);
-  }
-  return to;
-}
+fs::path link_model(const fs::path& to) { return amused::testing::link_golden_model("models/tiny-a", to); }
 
 void edit_json(const fs::path& p, const std::function<void(nlohmann::json&)>& f) {
   auto j = nlohmann::json::parse(slurp(p));
@@ -202,6 +192,37 @@ TEST(BadInputsCatalogue, ModelFolders) {
        [](auto& m, auto&) {
          fs::remove(m / "vqvae" / "config.json");
          fs::create_directories(m / "vqvae" / "config.json");
+       },
+       true},
+      // Issue 20, item 1: sizes within the per-field cap that describe a model too big to build
+      // (4.5 GB of text-encoder layers crashed under ulimit -v); refused before any allocation,
+      // against the memory left or the weight files' sizes, naming the keys.
+      {"text encoder with 2^20 layers", g, 1, "num_hidden_layers x hidden_size",
+       [](auto& m, auto&) {
+         edit_json(m / "text_encoder" / "config.json", [](auto& j) { j["num_hidden_layers"] = 1 << 20; });
+       },
+       true},
+      {"transformer 2^20 wide", g, 1, "can allocate",
+       [](auto& m, auto&) {
+         edit_json(m / "transformer" / "config.json", [](auto& j) {
+           j["hidden_size"] = 1 << 20;
+           j["num_attention_heads"] = 1;
+         });
+       },
+       true},
+      {"VQ with 2^20 layers per block", g, 1, "layers_per_block x block_out_channels",
+       [](auto& m, auto&) {
+         edit_json(m / "vqvae" / "config.json", [](auto& j) { j["layers_per_block"] = 1 << 20; });
+       },
+       true},
+      {"config bigger than its weights", g, 1, "does not belong to these weights",
+       [](auto& m, auto&) {
+         edit_json(m / "text_encoder" / "config.json", [](auto& j) { j["num_hidden_layers"] = 2000; });
+       },
+       true},
+      {"tokenizer longer than the text encoder's positions", g, 1, "max_position_embeddings",
+       [](auto& m, auto&) {
+         edit_json(m / "tokenizer" / "tokenizer_config.json", [](auto& j) { j["model_max_length"] = 100; });
        },
        true},
   });

@@ -279,6 +279,11 @@ TEST(CLIPTextModel, InitWeightsFollowsTransformers) {
 TEST(CLIPTextModelSlow, FullSizeForwardRandomWeights) {
   AMUSED_REQUIRE_GOLDEN();
   CLIPTextModelWithProjection model(full_config());
+  // The size bound (see UVit2DKeys): at most the real count, and most of it.
+  int64_t total = 0;
+  for (const auto& p : model->parameters()) total += p.numel();
+  EXPECT_LE(full_config().min_parameters().parameters, static_cast<double>(total));
+  EXPECT_GE(full_config().min_parameters().parameters, 0.95 * static_cast<double>(total));
   torch::manual_seed(0);
   model->init_weights();
   model->eval();

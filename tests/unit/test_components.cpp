@@ -12,6 +12,8 @@
 #include "io/diffusers_repo.h"
 #include "io/safetensors.h"
 #include "io/state_dict.h"
+#include "core/memory.h"
+#include "models/uvit_2d.h"
 #include "pipelines/components.h"
 #include "support/golden.h"
 
@@ -52,6 +54,43 @@ TEST(Components, LoadAppliesThePrecisionPolicy) {
   o.precision = amused::Precision::kFloat32;
   auto f = amused::load_components(repo, o);
   for (const auto& p : f.transformer->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+}
+
+// The size bound of each config (checked before a model is built) against the models the golden
+// folders build: never above the real count, so no good model is refused.
+TEST(Components, SizeBoundsNeverExceedTheModels) {
+  AMUSED_REQUIRE_GOLDEN();
+  for (const char* name : {"models/tiny-a", "models/tiny-b"}) {
+    auto repo = amused::io::DiffusersRepo::open(gt::golden_path(name).string());
+    const auto c = amused::load_components(repo, {});
+    auto count = [](const torch::nn::Module& m) {
+      double n = 0;
+      for (const auto& p : m.parameters()) n += static_cast<double>(p.numel());
+      return n;
+    };
+    EXPECT_LE(c.text_encoder->config().min_parameters().parameters, count(*c.text_encoder)) << name;
+    EXPECT_LE(c.transformer->config().min_parameters().parameters, count(*c.transformer)) << name;
+    EXPECT_LE(c.vqvae->config().min_parameters().parameters, count(*c.vqvae)) << name;
+    EXPECT_GT(c.transformer->config().min_parameters().parameters, 0.3 * count(*c.transformer)) << name;
+  }
+}
+
+// A process that cannot hold the model a config describes refuses it when the config is parsed,
+// naming the keys (ulimit -v made LibTorch's allocation-error path crash: issue 20, item 1).
+TEST(Components, ConfigsBeyondMemoryAreRefusedWhenParsed) {
+  amused::models::UVit2DConfig c;
+  c.hidden_size = 1 << 20;
+  c.num_attention_heads = 1;
+  try {
+    c.validate("transformer/config.json");
+    ADD_FAILURE() << "a 2^20-wide U-ViT was accepted";
+  } catch (const amused::ConfigError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("transformer/config.json"), std::string::npos) << m;
+    EXPECT_NE(m.find("can allocate"), std::string::npos) << m;
+    EXPECT_NE(m.find("hidden_size"), std::string::npos) << m;
+  }
+  EXPECT_GT(amused::allocatable_bytes(), 0u);
 }
 
 TEST(Components, SavePretrainedHasDiffusersLayoutAndRoundTrips) {

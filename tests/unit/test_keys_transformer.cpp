@@ -77,6 +77,12 @@ void check_keys(const std::string& name, size_t expected_count, int64_t expected
   EXPECT_EQ(expected.size(), expected_count);
   EXPECT_EQ(total, expected_params);
   EXPECT_TRUE(model->named_buffers().is_empty());
+  // The size bound checked before a model is built (issue 20): never above the real count (it
+  // would refuse a good model), and close to it (it must catch a config that asks for more).
+  const auto bound = full_config(name).min_parameters();
+  EXPECT_LE(bound.parameters, static_cast<double>(total));
+  EXPECT_GE(bound.parameters, 0.9 * static_cast<double>(total));
+  EXPECT_EQ(bound.largest_term, "num_hidden_layers x hidden_size, intermediate_size");
 }
 
 TEST(UVit2DKeys, Amused256MatchesCheckpointKeys) {

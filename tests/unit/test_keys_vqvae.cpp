@@ -58,6 +58,9 @@ TEST(VQModelKeys, FullSizeMatchesKeyList) {
     total += p.value().numel();
   }
   EXPECT_TRUE(vq->named_buffers().is_empty());
+  // The size bound (see UVit2DKeys): at most the real count, and most of it.
+  EXPECT_LE(config.min_parameters().parameters, static_cast<double>(total));
+  EXPECT_GE(config.min_parameters().parameters, 0.5 * static_cast<double>(total));
   for (const auto& [name, shape] : expected) {
     auto it = actual.find(name);
     if (it == actual.end()) {

@@ -3,10 +3,13 @@
 
 #include <ATen/Parallel.h>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <type_traits>
 
 #include "amused/amused.h"
 #include "core/threads.h"
+#include "pipelines/pipeline_amused.h"
 #include "support/golden.h"
 
 namespace gt = amused::testing;
@@ -98,4 +101,28 @@ TEST(PublicApi, SummaryReportsResolvedTypes) {
   auto chosen = amused::Pipeline::load(gt::golden_path("models/tiny-a").string(), automatic);
   EXPECT_NE(chosen->summary().dtype, amused::DType::Auto);
   EXPECT_NE(chosen->summary().dtype, amused::DType::Float16);  // the CPU never runs float16
+}
+
+// Prompts are padded to the tokenizer's model_max_length, as diffusers' pipeline does: a small
+// text encoder trained with 24 positions runs on 24 tokens, not CLIP-L's 77.
+TEST(PublicApi, PromptsArePaddedToTheTokenizersLength) {
+  AMUSED_REQUIRE_GOLDEN();
+  gt::TempDir tmp;
+  const auto model = gt::link_golden_model("models/tiny-a", tmp / "model");
+  const auto cfg_path = model / "tokenizer" / "tokenizer_config.json";
+  nlohmann::json cfg;
+  std::ifstream(cfg_path) >> cfg;
+  cfg["model_max_length"] = 16;
+  std::filesystem::remove(cfg_path);
+  std::ofstream(cfg_path) << cfg.dump(2);
+
+  auto pipe = amused::Pipeline::load(model.string(), gt::reference_options());
+  amused::Timings t;
+  const auto e = amused::PipelineAccess::impl(*pipe).encode_prompts({"a cat", "a red apple"}, t);
+  EXPECT_EQ(e.encoder_hidden_states.sizes(), (std::vector<int64_t>{2, 16, 32}));
+  amused::TextToImageParams p;
+  p.prompts = {"a cat"};
+  p.num_inference_steps = 2;
+  p.seed = 0;
+  EXPECT_EQ(pipe->text_to_image(p).images.size(), 1u);
 }
