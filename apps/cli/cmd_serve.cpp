@@ -22,6 +22,7 @@ struct ServeArgs {
   int max_queue = 8;
   std::string api_key;
   int max_body_mb = 32;
+  double request_timeout = 30;
   int max_side = 0;
   std::string device = "cpu", dtype = "auto", variant;
   int threads = 0;
@@ -74,6 +75,9 @@ int run(const ServeArgs& given) {
   if (a.max_body_mb < 1 || a.max_body_mb > 1024)
     throw amused::InvalidArgument("--max-body-mb must be in [1, 1024], got " +
                                   std::to_string(a.max_body_mb));
+  if (!(a.request_timeout >= 0.1 && a.request_timeout <= 3600))
+    throw amused::InvalidArgument("--request-timeout must be in [0.1, 3600] seconds, got " +
+                                  std::to_string(a.request_timeout));
   install_signal_handlers();
 
   amused::LoadOptions lo = amused::cli::load_options(a.device, a.dtype, a.threads, a.variant, a.offline);
@@ -92,6 +96,7 @@ int run(const ServeArgs& given) {
   so.model_id = a.model_id;
   so.cors_origin = a.cors_origin;
   so.max_body_bytes = static_cast<size_t>(a.max_body_mb) << 20;
+  so.request_timeout_s = a.request_timeout;
   so.max_side = a.max_side;
   const amused::cli::ModelDefaults defaults = amused::cli::model_defaults(a.model);
   if (defaults.steps) so.limits.default_steps = std::min(*defaults.steps, so.limits.max_steps);
@@ -140,6 +145,9 @@ amused::cli::Registrar reg(
       sub.add_option("--api-key", a->api_key,
                      "Require 'Authorization: Bearer KEY' on every endpoint but /health")
           ->envname("AMUSED_API_KEY");
+      sub.add_option("--request-timeout", a->request_timeout,
+                     "Seconds a connection has to send each whole request (headers and body); slower ones are closed")
+          ->capture_default_str();
       sub.add_option("--max-body-mb", a->max_body_mb, "Largest request body accepted, in MiB")
           ->capture_default_str();
       sub.add_option(

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <vector>
 
 namespace amused::server {
 namespace {
@@ -26,13 +28,13 @@ bool host_and_port(const sockaddr_storage& addr, socklen_t len, std::string& hos
   return true;
 }
 
-}  // namespace
-
-int find_connection_socket(int local_port, const std::string& remote_addr, int remote_port) {
+// Calls `fn(fd, peer_host, peer_port)` for every connected TCP socket of this process whose local
+// port is `local_port`, until `fn` returns false.
+template <class Fn>
+void for_each_connection(int local_port, Fn fn) {
 #ifdef __linux__
   DIR* dir = opendir("/proc/self/fd");
-  if (!dir) return -1;
-  int found = -1;
+  if (!dir) return;
   while (dirent* entry = readdir(dir)) {
     char* end = nullptr;
     const long fd = std::strtol(entry->d_name, &end, 10);
@@ -49,19 +51,27 @@ int find_connection_socket(int local_port, const std::string& remote_addr, int r
     if (!host_and_port(local, local_len, lhost, lport) ||
         !host_and_port(peer, peer_len, phost, pport))
       continue;
-    if (lport == local_port && pport == remote_port && phost == remote_addr) {
-      found = static_cast<int>(fd);
-      break;
-    }
+    if (lport == local_port && !fn(static_cast<int>(fd), phost, pport)) break;
   }
   closedir(dir);
-  return found;
 #else
   (void)local_port;
-  (void)remote_addr;
-  (void)remote_port;
-  return -1;
+  (void)fn;
 #endif
+}
+
+std::string key_of(const std::string& host, int port) { return host + "|" + std::to_string(port); }
+
+}  // namespace
+
+int find_connection_socket(int local_port, const std::string& remote_addr, int remote_port) {
+  int found = -1;
+  for_each_connection(local_port, [&](int fd, const std::string& host, int port) {
+    if (port != remote_port || host != remote_addr) return true;
+    found = fd;
+    return false;
+  });
+  return found;
 }
 
 bool connection_alive(int fd) {
@@ -84,6 +94,91 @@ bool connection_alive(int fd) {
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return false;
   }
   return true;
+}
+
+ConnectionWatchdog::ConnectionWatchdog(int local_port, std::chrono::milliseconds deadline, size_t max_open,
+                                       std::chrono::milliseconds period)
+    : local_port_(local_port), deadline_(deadline), period_(period), max_open_(max_open) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+ConnectionWatchdog::~ConnectionWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void ConnectionWatchdog::handling(const std::string& remote_addr, int remote_port) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& c = connections_[key_of(remote_addr, remote_port)];
+  if (c.since == std::chrono::steady_clock::time_point{}) c.since = std::chrono::steady_clock::now();
+  c.in_handler = true;
+}
+
+void ConnectionWatchdog::answered(const std::string& remote_addr, int remote_port) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& c = connections_[key_of(remote_addr, remote_port)];
+  c.in_handler = false;
+  c.since = std::chrono::steady_clock::now();  // a next request on the connection starts now
+}
+
+void ConnectionWatchdog::loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    wake_.wait_for(lock, period_, [this] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    scan();
+    lock.lock();
+  }
+}
+
+void ConnectionWatchdog::scan() {
+  std::map<std::string, int> now_open;  // peer -> fd
+  for_each_connection(local_port_, [&](int fd, const std::string& host, int port) {
+    now_open[key_of(host, port)] = fd;
+    return true;
+  });
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  // Forget closed connections (a peer seen only through handling() stays until its socket shows).
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    if (!now_open.count(it->first) && (it->second.fd >= 0 || now - it->second.since > deadline_))
+      it = connections_.erase(it);
+    else
+      ++it;
+  }
+  std::vector<std::pair<std::chrono::steady_clock::time_point, Connection*>> waiting;
+  for (const auto& [key, fd] : now_open) {
+    auto& c = connections_[key];
+    if (c.fd != fd) {  // new (or the number was reused for another peer)
+      if (c.fd >= 0) c = Connection{};
+      c.fd = fd;
+      if (c.since == std::chrono::steady_clock::time_point{}) c.since = now;
+    }
+    if (!c.in_handler && !c.shut) waiting.emplace_back(c.since, &c);
+  }
+  open_ = now_open.size();
+  auto shut = [&](Connection& c) {
+    ::shutdown(c.fd, SHUT_RDWR);  // the blocked recv() returns; httplib closes the socket
+    c.shut = true;
+    ++cut_;
+  };
+  for (auto& [since, c] : waiting)
+    if (now - since > deadline_) shut(*c);
+  // Beyond max_open, the newest waiting connections go first (the older ones may be nearly done).
+  size_t open_count = 0;
+  for (const auto& [key, c] : connections_) open_count += c.fd >= 0 && !c.shut;
+  std::sort(waiting.begin(), waiting.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (auto& [since, c] : waiting) {
+    if (open_count <= max_open_) break;
+    if (c->shut) continue;
+    shut(*c);
+    --open_count;
+  }
 }
 
 }  // namespace amused::server

@@ -73,6 +73,7 @@ void Server::Impl::metrics(const httplib::Request& req, httplib::Response& res) 
            {"seconds_sum", s.step_seconds_sum},
            {"seconds_mean", s.steps ? s.step_seconds_sum / s.steps : 0.0},
            {"seconds_last", s.last_step_seconds}}},
+         {"connections", {{"open", watchdog ? watchdog->open() : 0}, {"cut", watchdog ? watchdog->cut() : 0}}},
          {"generations",
           {{"count", s.generations},
            {"seconds_sum", s.generation_seconds_sum},
@@ -104,6 +105,11 @@ void Server::Impl::metrics(const httplib::Request& req, httplib::Response& res) 
   metric("amused_generation_seconds", "summary", "Wall time of successful generations.");
   o << "amused_generation_seconds_count " << s.generations << '\n'
     << "amused_generation_seconds_sum " << s.generation_seconds_sum << '\n';
+  metric("amused_connections_open", "gauge", "Open HTTP connections (at the last watchdog scan).");
+  o << "amused_connections_open " << (watchdog ? watchdog->open() : 0) << '\n';
+  metric("amused_connections_cut_total", "counter",
+         "Connections closed for not sending a whole request within --request-timeout (or beyond the open limit).");
+  o << "amused_connections_cut_total " << (watchdog ? watchdog->cut() : 0) << '\n';
   metric("amused_uptime_seconds", "gauge", "Seconds since the server started.");
   o << "amused_uptime_seconds " << uptime << '\n';
   res.status = 200;

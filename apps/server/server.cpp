@@ -89,7 +89,11 @@ std::string model_id_for(const std::string& model) {
 }
 
 void Server::Impl::setup() {
-  const size_t threads = std::clamp<size_t>(options.max_queue + 8, 8, 256);
+  // Connection threads apart from the one generation worker: synchronous requests waiting for
+  // it, polls, and slow clients until the watchdog's deadline (bind()).
+  const size_t threads = connection_threads =
+      options.connection_threads > 0 ? std::min<size_t>(options.connection_threads, 1024)
+                                     : std::clamp<size_t>(options.max_queue + 32, 32, 256);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body_bytes);
   http.set_keep_alive_timeout(2);
@@ -251,6 +255,8 @@ void Server::Impl::setup() {
       });
 
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    // The answer is written: the connection's next request has a fresh deadline.
+    if (watchdog) watchdog->answered(req.remote_addr, req.remote_port);
     // Called once the answer is written: a refusal sent before the body lingers here.
     if (t_refused_before_body) {
       t_refused_before_body = false;
@@ -278,8 +284,13 @@ void Server::Impl::setup() {
   using Req = httplib::Request;
   using Res = httplib::Response;
   // Every route but /health needs the API key when one is set.
-  auto guard = [this](std::function<void(const Req&, Res&)> fn) {
-    return [this, fn = std::move(fn)](const Req& req, Res& res) {
+  // The request is in (httplib reads bodies before these handlers): no deadline while it runs.
+  auto in_handler = [this](const Req& req) {
+    if (watchdog) watchdog->handling(req.remote_addr, req.remote_port);
+  };
+  auto guard = [this, in_handler](std::function<void(const Req&, Res&)> fn) {
+    return [this, in_handler, fn = std::move(fn)](const Req& req, Res& res) {
+      in_handler(req);
       if (auto e = auth_error(req)) {
         res.set_header("WWW-Authenticate", "Bearer");
         return send_error(res, *e);
@@ -287,16 +298,21 @@ void Server::Impl::setup() {
       fn(req, res);
     };
   };
-  http.Get("/health", [this](const Req&, Res& res) { health(res); });
+  http.Get("/health", [this, in_handler](const Req& req, Res& res) {
+    in_handler(req);
+    health(res);
+  });
   http.Get("/v1/models", guard([this](const Req&, Res& res) { models(res); }));
   http.Get("/v1/models/(.+)", guard([this](const Req& req, Res& res) { model(req, res); }));
   http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
   // The routes that take a body read it themselves (read_body): chunked or not, up to their cap.
   using BodyHandler = std::function<void(const Req&, Res&, const Body&)>;
-  auto with_body = [this](BodyHandler fn) {
-    return [this, fn = std::move(fn)](const Req& req, Res& res, const httplib::ContentReader& reader) {
+  auto with_body = [this, in_handler](BodyHandler fn) {
+    return [this, in_handler, fn = std::move(fn)](const Req& req, Res& res,
+                                                  const httplib::ContentReader& reader) {
       Body body;
-      const auto read_error = read_body(req, reader, body);
+      const auto read_error = read_body(req, reader, body);  // within the deadline
+      in_handler(req);
       // The key is checked once the body is in (answering earlier and closing could reset the
       // connection before the client reads the answer).
       if (auto e = auth_error(req)) {
@@ -415,6 +431,9 @@ int Server::bind() {
   if (port <= 0)
     throw IoError("cannot listen on " + o.host + ":" + std::to_string(o.port) +
                   " (address in use, or not a local address? try another --port or --host)");
+  impl_->watchdog = std::make_unique<ConnectionWatchdog>(
+      port, std::chrono::milliseconds(static_cast<int64_t>(o.request_timeout_s * 1000)),
+      4 * impl_->connection_threads);
   return port;
 }
 

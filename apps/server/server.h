@@ -23,6 +23,14 @@ struct ServerOptions {
   // answered without the API key). Empty (default): no CORS headers.
   std::string cors_origin;
   size_t max_body_bytes = 32u << 20;
+  // A connection must deliver each whole request (line, headers, body) within this many seconds
+  // of being accepted or of its previous answer, or it is closed (slow clients cannot hold the
+  // connection threads). Handling time does not count.
+  double request_timeout_s = 30;
+  // Connection threads (0: max_queue + 32, at least 32, at most 256): waiting synchronous
+  // requests, polls and slow clients share them. Open connections beyond 4x as many are closed,
+  // the newest first, unless they are being answered.
+  size_t connection_threads = 0;
   int max_side = 0;                // largest output width/height; 0: twice the model's default
   size_t keep_finished_jobs = 64;  // finished async jobs kept for polling
   double keep_job_seconds = 3600;

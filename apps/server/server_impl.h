@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "server/connection.h"
 #include "server/http.h"
 #include "server/jobs.h"
 #include "server/server.h"
@@ -78,6 +79,8 @@ struct Server::Impl {
   std::mutex metrics_mu;
   std::map<int, uint64_t> responses_by_status;
   std::mutex log_mu;
+  size_t connection_threads = 0;
+  std::unique_ptr<ConnectionWatchdog> watchdog;  // from bind() on (it needs the port)
 
   Impl(Pipeline& p, ServerOptions o) : pipeline(p), options(std::move(o)) {
     if (options.model_id.empty()) options.model_id = model_id_for(options.model);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -227,6 +228,29 @@ std::string raw_exchange(int port, const std::string& request, std::chrono::mill
   }
   close(fd);
   return out;
+}
+
+// A connected TCP socket to the server, or -1.
+int connect_to(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True once the server has closed (or reset) the connection: a read sees EOF or an error.
+bool closed_by_server(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  char c;
+  const ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 }  // namespace
 
@@ -726,3 +750,75 @@ TEST(ServerE2E, ChunkedBodiesAreAccepted) {
   EXPECT_EQ(gzip.substr(0, 12), "HTTP/1.1 411") << gzip;
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
+
+// Slow clients (one byte of a request at a time, never finishing) are closed once the request
+// deadline passes, and /health answers meanwhile: at once while they are fewer than the
+// connection threads, within the deadline when they hold them all (issue 19: a dozen froze the
+// server for as long as they lasted). The metrics count them.
+TEST(ServerE2E, SlowClientsAreClosedAndHealthAnswers) {
+  AMUSED_REQUIRE_GOLDEN();
+  // 34 connection threads (2 + 32); deadline 2 s.
+  ServeProcess server({"--max-queue", "2", "--request-timeout", "2"});
+  std::vector<int> slow;
+  std::atomic<bool> trickle{true};
+  auto open_slow = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      const int fd = connect_to(server.port());
+      ASSERT_GE(fd, 0);
+      const std::string start = "GET /health HTTP/1.1\r\nHost: x\r\n";
+      send(fd, start.data(), start.size(), MSG_NOSIGNAL);
+      slow.push_back(fd);
+    }
+  };
+  open_slow(20);
+  std::vector<int> fds_for_trickle = slow;
+  std::thread trickler([&] {
+    // One header byte per connection every 300 ms: each read succeeds, so httplib's read timeout
+    // alone never fires.
+    while (trickle) {
+      for (int fd : fds_for_trickle) send(fd, "X", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      std::this_thread::sleep_for(300ms);
+    }
+  });
+  std::this_thread::sleep_for(500ms);
+  {
+    auto c = server.client(5s);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = c->Get("/health");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "20 slow clients delayed /health";
+  }
+  // Every slow client is closed once its deadline passes.
+  const auto deadline = std::chrono::steady_clock::now() + 8s;
+  size_t closed = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    closed = 0;
+    for (int fd : slow) closed += closed_by_server(fd) ? 1 : 0;
+    if (closed == slow.size()) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(closed, slow.size()) << server.log();
+  trickle = false;
+  trickler.join();
+  for (int fd : slow) close(fd);
+  slow.clear();
+
+  // More slow clients than connection threads: /health still answers within the deadline (plus
+  // the watchdog's period and some slack for a loaded machine).
+  open_slow(60);
+  {
+    auto c = server.client(10s);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = c->Get("/health");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 6s) << "60 slow clients starved /health";
+  }
+  for (int fd : slow) close(fd);
+  auto m = server.client()->Get("/metrics?format=json");
+  ASSERT_TRUE(m);
+  EXPECT_GE(body_of(m)["connections"]["cut"].get<int>(), 20) << m->body;
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
