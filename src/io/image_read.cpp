@@ -8,7 +8,9 @@
 #include <png.h>
 #include <stb/stb_image.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
@@ -232,35 +234,29 @@ double lanczos3(double x) {
   return 3.0 * std::sin(px) * std::sin(px / 3.0) / (px * px);
 }
 
-// Resamples one axis: in [n_in] -> out [n_out] for `channels` interleaved values with `stride` between
-// consecutive samples; weights like PIL's (support scaled by the shrink factor, normalised).
-void resample_axis(const std::vector<double>& in, std::vector<double>& out, int n_in, int n_out, int lines,
-                   int channels, bool horizontal, int other) {
+// The taps of one output sample along an axis of n_in -> n_out samples: the first input index and
+// the normalised weights, like PIL's (support scaled by the shrink factor).
+struct Taps {
+  int lo = 0;
+  std::vector<double> w;
+};
+std::vector<Taps> lanczos_taps(int n_in, int n_out) {
   const double scale = static_cast<double>(n_in) / n_out;
   const double fscale = std::max(scale, 1.0);
   const double support = 3.0 * fscale;
+  std::vector<Taps> taps(static_cast<size_t>(n_out));
   for (int o = 0; o < n_out; ++o) {
     const double center = (o + 0.5) * scale;
     const int lo = std::max(0, static_cast<int>(std::floor(center - support)));
     const int hi = std::min(n_in, static_cast<int>(std::ceil(center + support)));
-    std::vector<double> w(static_cast<size_t>(hi - lo));
+    auto& t = taps[static_cast<size_t>(o)];
+    t.lo = lo;
+    t.w.resize(static_cast<size_t>(hi - lo));
     double total = 0;
-    for (int i = lo; i < hi; ++i) total += w[i - lo] = lanczos3((i + 0.5 - center) / fscale);
-    for (auto& v : w) v /= total == 0 ? 1 : total;
-    for (int l = 0; l < lines; ++l) {
-      for (int c = 0; c < channels; ++c) {
-        double acc = 0;
-        for (int i = lo; i < hi; ++i) {
-          const size_t idx = horizontal ? (static_cast<size_t>(l) * n_in + i) * channels + c
-                                        : (static_cast<size_t>(i) * other + l) * channels + c;
-          acc += w[i - lo] * in[idx];
-        }
-        const size_t oidx = horizontal ? (static_cast<size_t>(l) * n_out + o) * channels + c
-                                       : (static_cast<size_t>(o) * other + l) * channels + c;
-        out[oidx] = acc;
-      }
-    }
+    for (int i = lo; i < hi; ++i) total += t.w[i - lo] = lanczos3((i + 0.5 - center) / fscale);
+    for (auto& v : t.w) v /= total == 0 ? 1 : total;
   }
+  return taps;
 }
 
 }  // namespace
@@ -304,19 +300,53 @@ Image resize_image(const Image& image, int width, int height) {
                           ": the limit is " + std::to_string(kMaxSide) + " per side and " +
                           std::to_string(kMaxPixels / 1'000'000) + " megapixels");
   if (width == image.width && height == image.height) return image;
+  // Horizontal pass, then vertical, in double precision. Only the horizontally resampled input rows
+  // that the current output row reads are kept (a window of about 6 x the shrink factor rows), so
+  // a 10000x10000 input shrunk to 16x16 no longer holds it as doubles (2.4 GB; issue 20).
   const int c = image.channels;
-  std::vector<double> src(image.pixels.begin(), image.pixels.end());
-  std::vector<double> tmp(static_cast<size_t>(width) * image.height * c);
-  resample_axis(src, tmp, image.width, width, image.height, c, /*horizontal=*/true, 0);
-  std::vector<double> dst(static_cast<size_t>(width) * height * c);
-  resample_axis(tmp, dst, image.height, height, width, c, /*horizontal=*/false, width);
+  const size_t row_len = static_cast<size_t>(width) * c;
+  const auto hx = lanczos_taps(image.width, width);
+  const auto vy = lanczos_taps(image.height, height);
+  std::deque<std::vector<double>> window;  // input rows first, first + 1, ...
+  int first = 0;
+  auto row = [&](int y) -> const std::vector<double>& {
+    while (first + static_cast<int>(window.size()) <= y) {
+      const int src_y = first + static_cast<int>(window.size());
+      const uint8_t* in = image.pixels.data() + static_cast<size_t>(src_y) * image.width * c;
+      std::vector<double> r(row_len);
+      for (int o = 0; o < width; ++o) {
+        const auto& t = hx[static_cast<size_t>(o)];
+        for (int ch = 0; ch < c; ++ch) {
+          double acc = 0;
+          for (size_t k = 0; k < t.w.size(); ++k) acc += t.w[k] * in[(static_cast<size_t>(t.lo) + k) * c + ch];
+          r[static_cast<size_t>(o) * c + ch] = acc;
+        }
+      }
+      window.push_back(std::move(r));
+    }
+    return window[static_cast<size_t>(y - first)];
+  };
   Image out;
   out.width = width;
   out.height = height;
   out.channels = c;
-  out.pixels.resize(dst.size());
-  for (size_t i = 0; i < dst.size(); ++i)
-    out.pixels[i] = static_cast<uint8_t>(std::clamp(std::lround(dst[i]), 0L, 255L));
+  out.pixels.resize(row_len * height);
+  for (int o = 0; o < height; ++o) {
+    const auto& t = vy[static_cast<size_t>(o)];
+    while (first < t.lo) {  // rows no later output row reads (taps only move forward)
+      if (!window.empty()) window.pop_front();
+      ++first;
+    }
+    // Deque elements stay in place as rows are added, so these pointers hold for the whole row.
+    std::vector<const double*> src(t.w.size());
+    for (size_t k = 0; k < t.w.size(); ++k) src[k] = row(t.lo + static_cast<int>(k)).data();
+    uint8_t* dst = out.pixels.data() + static_cast<size_t>(o) * row_len;
+    for (size_t x = 0; x < row_len; ++x) {
+      double acc = 0;
+      for (size_t k = 0; k < t.w.size(); ++k) acc += t.w[k] * src[k][x];
+      dst[x] = static_cast<uint8_t>(std::clamp(std::lround(acc), 0L, 255L));
+    }
+  }
   return out;
 }
 

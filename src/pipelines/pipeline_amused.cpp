@@ -7,7 +7,9 @@
 #include <malloc.h>  // mallinfo2, for the debug log
 #endif
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -422,6 +424,47 @@ void Pipeline::Impl::check_size(int width, int height) const {
                           std::to_string(height));
 }
 
+double Pipeline::Impl::request_bytes(const GenerationParams& params, int width, int height) const {
+  const auto& c = transformer->config();
+  const double rows = static_cast<double>(batch_size(params)) * (params.guidance_scale > 1.0 ? 2 : 1);
+  const double L = static_cast<double>(width / vq_scale_factor) * static_cast<double>(height / vq_scale_factor);
+  const double Lb = c.downsample ? L / 4 : L;  // tokens inside the blocks and layers
+  const double f32 = 4;
+  // The attention scores [rows, heads, Lb, Lb] are materialised in float32, with their scaled copy
+  // and the softmax alive at once (nn/attention_processor.cpp).
+  const double heads = static_cast<double>(std::max(c.num_attention_heads, c.block_num_heads));
+  const double attention = 3 * f32 * rows * heads * Lb * Lb;
+  // The widest activations (the 4x channel MLP of the blocks, the GEGLU, the residual stream),
+  // a few alive at a time, and the logits with their softmax and sampling copies.
+  const double widest = static_cast<double>(
+      std::max({4 * c.block_out_channels, 2 * c.intermediate_size, 4 * c.hidden_size}));
+  const double activations = 4 * f32 * rows * Lb * widest;
+  const double logits = 3 * f32 * rows * L * static_cast<double>(c.codebook_size);
+  const double step = attention + activations + logits;
+  // The VQ decode runs one image at a time at full resolution in float32: a few activations of the
+  // decoder's widest full-resolution width, plus the decoded batch.
+  const auto& vq = vqvae->config();
+  const double pixels = static_cast<double>(width) * static_cast<double>(height);
+  const double decode = 3 * f32 * pixels * static_cast<double>(vq.block_out_channels.front()) +
+                        f32 * 3 * pixels * static_cast<double>(batch_size(params));
+  return std::max(step, decode);
+}
+
+void Pipeline::Impl::check_memory(const GenerationParams& params, int width, int height) const {
+  const double need = request_bytes(params, width, height);
+  const uint64_t can = allocatable_bytes();
+  if (need <= static_cast<double>(can)) return;
+  char text[256];
+  std::snprintf(text, sizeof text,
+                "%dx%d with %lld image(s)%s needs about %.1f GiB of working memory, more than the %.1f GiB this "
+                "process can allocate",
+                width, height, static_cast<long long>(batch_size(params)),
+                params.guidance_scale > 1.0 ? " and guidance" : "", need / (1 << 30),
+                static_cast<double>(can) / (1 << 30));
+  throw InvalidArgument(std::string(text) + ": ask for a smaller size or fewer images (the attention of each step "
+                        "grows with the square of the token count)");
+}
+
 DenoiseRequest Pipeline::Impl::prepare(const GenerationParams& params, int width, int height, Timings& timings) {
   const int64_t batch = batch_size(params);
   const bool guidance = params.guidance_scale > 1.0;
@@ -494,6 +537,7 @@ GenerationResult Pipeline::text_to_image(const TextToImageParams& params) {
   const int height = params.height.value_or(static_cast<int>(m.sample_size * scale));
   const int width = params.width.value_or(static_cast<int>(m.sample_size * scale));
   m.check_size(width, height);
+  m.check_memory(params, width, height);
   const int64_t batch = batch_size(params);
   const int64_t h = height / scale, w = width / scale;
   const uint64_t seed = params.seed.value_or(random_seed());

@@ -107,6 +107,14 @@ struct Pipeline::Impl {
   void validate(const GenerationParams& params) const;
   // Width/height must be positive multiples of the VQ scale factor (x2 for down-sampling models).
   void check_size(int width, int height) const;
+  // Working memory a call of `params` at width x height needs beyond the loaded weights (the
+  // largest of: the attention scores and activations of one denoising step over the whole batch,
+  // the VQ decode of one image), in bytes; a rough upper estimate.
+  double request_bytes(const GenerationParams& params, int width, int height) const;
+  // Refuses (InvalidArgument, naming the estimate and the fix) a call whose request_bytes exceed
+  // what the process can still allocate, before any work: such a size used to end in a raw
+  // allocation error or the OOM killer.
+  void check_memory(const GenerationParams& params, int width, int height) const;
   // Conditioning, micro-conditioning and loop settings for `params` at width x height.
   DenoiseRequest prepare(const GenerationParams& params, int width, int height, Timings& timings);
 

@@ -380,6 +380,9 @@ TEST(BadInputsCatalogue, Flags) {
       {"width not a multiple", g + " --width 21", 1, "multiple"},
       {"zero height", g + " --height 0", 1, "0"},
       {"huge width", g + " --width 1048576", 1, "limit"},
+      // Issue 20 item 6: within the 4096 px limit, but the attention over 4M tokens would need
+      // terabytes (a raw allocation error before); refused before any work, with the estimate.
+      {"request beyond memory", g + " --width 4096 --height 4096", 1, "working memory"},
       {"prompt/negative count mismatch", "generate -m '{M}' -p a -p b -p c -n x -n y -o '{O}'", 1,
        "negative"},
       {"bad crop coordinates", g + " --crop-coord 5", 1, "--crop-coord"},
