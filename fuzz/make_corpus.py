@@ -221,6 +221,51 @@ def server_request_seeds():
     return seeds
 
 
+# ------------------------------------------------------------------ raw HTTP (fuzz_http.cpp)
+def http_seeds():
+    """Whole requests as sent on the wire (first byte 0: no prefix), and bodies after the
+    prefixes fuzz_http.cpp adds (1: generations, 2: edits, 3: jobs headers; 4: a job path; 5: GET /)."""
+    key = b"Authorization: Bearer fuzz-key\r\n"
+    gen = json.dumps({"prompt": "a red fox", "steps": 2, "seed": 3}).encode()
+
+    def post(path, body, ctype=b"application/json", extra=b""):
+        return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + key + b"Content-Type: " + ctype +
+                b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+    image = png(16, 16, 2, 8, [bytes(range(48))] * 16)
+    boundary = b"XyZ"
+    form = b"".join(b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"" + n + b"\"" +
+                    (b"; filename=\"" + f + b"\"" if f else b"") + b"\r\n\r\n" + v + b"\r\n"
+                    for n, f, v in [(b"prompt", b"", b"a cat"), (b"image", b"in.png", image),
+                                    (b"steps", b"", b"2")]) + b"--" + boundary + b"--\r\n"
+    chunked = (b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n" + key +
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+               b"%x\r\n" % len(gen) + gen + b"\r\n0\r\n\r\n")
+    whole = [
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n",
+        b"GET /metrics?format=json HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n",
+        post(b"/v1/images/generations", gen),
+        post(b"/v1/jobs", gen),
+        post(b"/v1/images/edits", form, b"multipart/form-data; boundary=" + boundary),
+        chunked,
+        post(b"/v1/images/generations", gen, extra=b"Expect: 100-continue\r\n"),
+        post(b"/v1/images/generations", gen, extra=b"Content-Length: 3\r\n"),
+        b"OPTIONS /v1/images/generations HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/jobs HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n",
+        b"DELETE /v1/jobs/abc HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n",
+    ]
+    seeds = []
+    for w in whole:
+        seeds += variants(b"\x00" + w, n_cut=2, n_flip=2)
+    after = [(1, b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(gen) + gen),
+             (3, b"Content-Length: 2\r\n\r\n{}"),
+             (4, b"abc/result HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n"),
+             (5, b"v1/models/tiny-a HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n")]
+    for kind, rest in after:
+        seeds += variants(bytes([kind]) + rest, n_cut=1, n_flip=2)
+    return seeds
+
+
 def main():
     out = sys.argv[1]
     golden = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
@@ -230,6 +275,7 @@ def main():
     write(out, "tokenizer", tokenizer_seeds(golden))
     write(out, "image", image_seeds(golden))
     write(out, "server_request", server_request_seeds())
+    write(out, "http", http_seeds())
 
 
 if __name__ == "__main__":

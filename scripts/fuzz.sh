@@ -3,7 +3,7 @@
 # fuzzer-no-link,address,undefined) and runs them. See docs/RELIABILITY.md.
 #   scripts/fuzz.sh                    # every target, 60 s each
 #   scripts/fuzz.sh tokenizer 600      # one target, 10 minutes
-# Targets: safetensors config tokenizer image server_request. Environment: BUILD_DIR (default build-fuzz),
+# Targets: safetensors config tokenizer image server_request http. Environment: BUILD_DIR (default build-fuzz),
 # JOBS (build parallelism, default 2), AMUSED_GOLDEN_DIR (golden folder for the seeds).
 # The corpus grows in $BUILD_DIR/corpus/<target>; crashes land in $BUILD_DIR/artifacts/<target>/;
 # the full libFuzzer log is $BUILD_DIR/fuzz-<target>.log.
@@ -13,7 +13,7 @@ target="${1:-all}"
 seconds="${2:-60}"
 build="${BUILD_DIR:-$root/build-fuzz}"
 golden="${AMUSED_GOLDEN_DIR:-$root/../shared/golden}"
-all=(safetensors config tokenizer image server_request)
+all=(safetensors config tokenizer image server_request http)
 if [[ "$target" == all ]]; then targets=("${all[@]}"); else targets=("$target"); fi
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
