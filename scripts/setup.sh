@@ -26,6 +26,7 @@ packages=(
   libcurl4-openssl-dev libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libfreetype-dev libharfbuzz-dev   # `amused dataset emoji`: colour glyphs, emoji sequences
+  libwebp-dev             # `amused generate --save-steps`: animated WebP of the steps
   fonts-noto-color-emoji unicode-data unicode-cldr-core  # its images and captions (offline data)
 )
 

@@ -20,6 +20,7 @@
 #include "amused/log.h"
 #include "command.h"
 #include "progress.h"
+#include "step_pictures.h"
 #include "server/request.h"  // GenerationRequest, shared with the server
 
 namespace {
@@ -43,6 +44,8 @@ struct GenerateArgs {
   bool offline = false;
   std::string output = "output.png";
   std::string save_tokens;
+  std::string save_steps;          // folder for the step pictures (step_pictures.h)
+  bool save_steps_exact = false;   // decode every step's prediction with the VQ-GAN
   bool quiet = false, json = false;
   std::string init_image, mask;
   std::optional<double> strength;
@@ -157,6 +160,13 @@ int run(const GenerateArgs& given) {
         throw amused::InvalidArgument("cannot write into folder '" + dir.string() + "': " + std::strerror(errno));
     }
   }
+  if (!a.save_steps.empty()) {
+    std::error_code ec;
+    if (fs::exists(a.save_steps, ec) && !fs::is_directory(a.save_steps, ec))
+      throw amused::InvalidArgument("--save-steps '" + a.save_steps + "' is a file, expected a folder (it is created)");
+  } else if (a.save_steps_exact) {
+    throw amused::InvalidArgument("--save-steps-exact needs --save-steps DIR");
+  }
   if (!a.save_tokens.empty() && is_dir(a.save_tokens))
     throw amused::InvalidArgument("--save-tokens '" + a.save_tokens +
                                   "' is a folder, expected the path of a .safetensors file");
@@ -229,7 +239,11 @@ int run(const GenerateArgs& given) {
   amused::cli::ProgressBar bar(show_progress, "generating ");
   g_interrupt = 0;
   const InterruptHandlers interrupt_handlers;
+  std::optional<amused::cli::StepRecorder> recorder;
+  if (!a.save_steps.empty()) recorder.emplace(*pipe, a.save_steps_exact);
+  req.step_details = recorder.has_value();
   const amused::ProgressCallback progress = [&](const amused::StepInfo& s) {
+    if (recorder) recorder->record(s);
     bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
     return g_interrupt == 0;  // false: the library throws amused::Cancelled
   };
@@ -253,6 +267,12 @@ int run(const GenerateArgs& given) {
                                                                                  pipe->summary().masking_schedule,
                                                                                  pipe->summary().dtype)));
   if (!a.save_tokens.empty()) files.emplace_back(a.save_tokens, amused::encode_token_grids(result.tokens));
+  if (recorder) {
+    for (auto& f : recorder->files(a.save_steps, result.images)) files.push_back(std::move(f));
+    std::error_code ec;
+    fs::create_directories(a.save_steps, ec);
+    if (ec) throw amused::IoError("--save-steps: cannot create folder '" + a.save_steps + "': " + ec.message());
+  }
   if (g_interrupt) {
     std::fprintf(stderr, "interrupted (signal %d): nothing written\n", static_cast<int>(g_interrupt));
     return 128 + static_cast<int>(g_interrupt);
@@ -269,6 +289,7 @@ int run(const GenerateArgs& given) {
     j["outputs"] = nlohmann::json::array();
     for (const auto& pth : paths) j["outputs"].push_back(pth.string());
     if (!a.save_tokens.empty()) j["tokens"] = a.save_tokens;
+    if (!a.save_steps.empty()) j["steps_folder"] = a.save_steps;
     j["seed"] = result.seed;
     j["model"] = a.model;
     j["width"] = result.images[0].width;
@@ -289,6 +310,8 @@ int run(const GenerateArgs& given) {
     std::printf("seed: %llu\n", static_cast<unsigned long long>(result.seed));
     for (const auto& pth : paths) std::printf("wrote %s\n", pth.c_str());
     if (!a.save_tokens.empty()) std::printf("wrote %s\n", a.save_tokens.c_str());
+    if (!a.save_steps.empty())
+      std::printf("wrote the step pictures into %s (img0-sheet.png, img0-steps.webp, ...)\n", a.save_steps.c_str());
     std::printf("load %.2f s, generate %.2f s (text %.2f s, %d steps %.2f s, decode %.2f s)\n",
                 pipe->summary().load_seconds, t.total_s, t.text_encoder_s, static_cast<int>(t.step_s.size()),
                 t.transformer_s + t.scheduler_s, t.vq_decode_s);
@@ -324,6 +347,11 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
   sub.add_option("-o,--output", a->output, "Output PNG (several images: FILE-0.png, FILE-1.png, ...)")
       ->capture_default_str();
   sub.add_option("--save-tokens", a->save_tokens, "Also save the final token grids (int64 [B,h,w], key `tokens`)");
+  sub.add_option("--save-steps", a->save_steps,
+                 "Folder for pictures of every step: prediction, fixed tokens and confidence per step, a contact "
+                 "sheet and an animated WebP per image (docs/interpretability.md)");
+  sub.add_flag("--save-steps-exact", a->save_steps_exact,
+               "Decode each step's prediction with the VQ-GAN (slower) instead of drawing token colours");
   sub.add_option("--init-image", a->init_image,
                  "Image-to-image: start from this PNG/JPEG/BMP (sizes not a multiple of the VQ scale factor "
                  "are resized down, with a warning)");

@@ -66,6 +66,7 @@ GenerationCall to_params(const GenerationRequest& r) {
   p.masking_schedule = r.masking_schedule;
   p.seed = r.seed;
   p.lora_scales = r.loras;
+  p.step_details = r.step_details;
   if (r.mode == GenerationMode::Inpaint) {
     call.inpaint.image = r.image;
     call.inpaint.mask = r.mask;

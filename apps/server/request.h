@@ -37,6 +37,7 @@ struct GenerationRequest {
   std::pair<int, int> crop_coord{0, 0};
   MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;  // FromConfig: the model's
   std::map<std::string, double> loras;  // LoRA scales of this request by adapter name
+  bool step_details = false;            // StepInfo::details for the progress callback
   std::optional<double> strength;       // edits only; default 0.5 (img2img) or 1.0 (inpaint)
   Image image, mask;
   // What the PNG metadata records for the inputs: the CLI's paths, the server's upload names.

@@ -13,6 +13,7 @@
 // Ref: diffusers/pipelines/deprecated/amused/pipeline_amused.py
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -75,11 +76,27 @@ struct Temperature {
   static Temperature per_step(std::vector<double> v) { return {std::move(v), false}; }
 };
 
+// What one denoising step decided, for every image of the call (batch order: images per prompt
+// tiled [p0, p1, p0, p1]); each grid is row-major h x w. Filled only when
+// GenerationParams::step_details is set (it costs a softmax and a copy to the host per step).
+struct StepDetails {
+  // The tokens after the step: the ones fixed so far, mask_token_id where still masked.
+  std::vector<TokenGrid> tokens;
+  // The model's guess for every position at this step (the scheduler's pred_original_sample):
+  // the fixed tokens, and a sample for each masked one.
+  std::vector<TokenGrid> predicted;
+  // The probability the model gave each predicted token (1 for tokens known before the step):
+  // the confidence by which the scheduler chose which tokens stay masked.
+  std::vector<std::vector<float>> confidence;
+  int64_t mask_token_id = 0;
+};
+
 struct StepInfo {
   int step = 0;        // 1-based index of the step that just finished
   int num_steps = 0;   // steps this call runs
   double step_seconds = 0;
   double elapsed_seconds = 0;
+  const StepDetails* details = nullptr;  // when GenerationParams::step_details; valid during the call
 };
 // Called after every step; return false to cancel (the call then throws amused::Cancelled).
 using ProgressCallback = std::function<bool(const StepInfo&)>;
@@ -98,6 +115,8 @@ struct GenerationParams {
   MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;  // FromConfig: the scheduler's config
   std::optional<uint64_t> seed;     // random when absent; the seed used is in the result
   ProgressCallback progress;
+  // Fill StepInfo::details for the progress callback (off by default: no cost).
+  bool step_details = false;
   // LoRA scales for this call by adapter name (adapters not named keep theirs). Run-time adapters
   // (LoadOptions::merge_loras = false) only; for merged ones a different scale is an error.
   std::map<std::string, double> lora_scales;
@@ -197,6 +216,15 @@ class Pipeline {
   GenerationResult inpaint(const InpaintParams& params);
 
   const ModelSummary& summary() const;
+
+  // A quick picture of a token grid without the VQ decode: each token drawn as a `cell` x `cell`
+  // square of its codebook entry's mean colour (decoded once per entry, on first use: a fraction
+  // of a second for small codebooks, seconds for 8192 entries), mask_token_id in grey.
+  Image preview(const TokenGrid& grid, int cell = 8);
+  // The mean colour (RGB) of each codebook entry's decoding, as preview() uses them.
+  const std::vector<std::array<uint8_t, 3>>& token_colours();
+  // The exact VQ decode of complete token grids (no mask_token_id), as the pipelines decode.
+  std::vector<Image> decode(const std::vector<TokenGrid>& grids);
 
   // LoRA adapters (LoadOptions::loras), in load order.
   std::vector<LoraInfo> loras() const;

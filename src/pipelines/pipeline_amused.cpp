@@ -203,20 +203,70 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
     const double transformer_s = std::chrono::duration<double>(t_sched - t_step).count();
     timings.transformer_s += transformer_s;
     timings.transformer_step_s.push_back(transformer_s);
-    latents = scheduler.step(logits, t, latents, generator, req.starting_mask_ratio).prev_sample;
+    auto stepped = scheduler.step(logits, t, latents, generator, req.starting_mask_ratio);
+    StepDetails details;
+    if (req.step_details) {
+      // The probability of each predicted token ([B, K, h, w] -> [B, h, w]), 1 where it was known.
+      auto probs = logits.to(torch::kFloat32).softmax(1);
+      auto conf = probs.gather(1, stepped.pred_original_sample.unsqueeze(1)).squeeze(1);
+      conf = torch::where(latents == scheduler_config.mask_token_id, conf, torch::ones_like(conf));
+      details = step_details(stepped.prev_sample, stepped.pred_original_sample, conf);
+    }
+    latents = stepped.prev_sample;
     sync();
     timings.scheduler_s += seconds_since(t_sched);
     const double step_s = seconds_since(t_step);
     timings.step_s.push_back(step_s);
     log_phase("step " + std::to_string(i + 1) + "/" + std::to_string(n), step_s);
     if (req.progress) {
-      StepInfo info{i - req.start_step + 1, to_run, step_s, seconds_since(loop_start)};
+      StepInfo info{i - req.start_step + 1, to_run, step_s, seconds_since(loop_start),
+                    req.step_details ? &details : nullptr};
       if (!req.progress(info))
         throw Cancelled("generation cancelled after step " + std::to_string(info.step) + " of " +
                         std::to_string(to_run));
     }
   }
   return latents;
+}
+
+StepDetails Pipeline::Impl::step_details(const torch::Tensor& tokens, const torch::Tensor& predicted,
+                                         const torch::Tensor& confidence) const {
+  StepDetails d;
+  d.mask_token_id = scheduler_config.mask_token_id;
+  const auto t = tokens.to(torch::kCPU).contiguous();
+  const auto p = predicted.to(torch::kCPU).contiguous();
+  const auto c = confidence.to(torch::kCPU, torch::kFloat32).contiguous();
+  const int64_t h = t.size(1), w = t.size(2), n = h * w;
+  for (int64_t b = 0; b < t.size(0); ++b) {
+    TokenGrid tg, pg;
+    tg.height = pg.height = static_cast<int>(h);
+    tg.width = pg.width = static_cast<int>(w);
+    tg.ids.assign(t[b].data_ptr<int64_t>(), t[b].data_ptr<int64_t>() + n);
+    pg.ids.assign(p[b].data_ptr<int64_t>(), p[b].data_ptr<int64_t>() + n);
+    d.tokens.push_back(std::move(tg));
+    d.predicted.push_back(std::move(pg));
+    d.confidence.emplace_back(c[b].data_ptr<float>(), c[b].data_ptr<float>() + n);
+  }
+  return d;
+}
+
+torch::Tensor Pipeline::Impl::grids_to_tensor(const std::vector<TokenGrid>& grids) const {
+  if (grids.empty()) throw InvalidArgument("no token grid given");
+  const int h = grids[0].height, w = grids[0].width;
+  const int64_t codebook = transformer->config().codebook_size;
+  std::vector<torch::Tensor> rows;
+  for (const auto& g : grids) {
+    if (g.height != h || g.width != w || g.height <= 0 || g.width <= 0 ||
+        static_cast<int64_t>(g.ids.size()) != int64_t{g.height} * g.width)
+      throw InvalidArgument("token grids must all be " + std::to_string(w) + "x" + std::to_string(h) +
+                            " with width*height ids");
+    for (int64_t id : g.ids)
+      if (id < 0 || id >= codebook)
+        throw InvalidArgument("token id " + std::to_string(id) + " is not a codebook entry (0.." +
+                              std::to_string(codebook - 1) + ")");
+    rows.push_back(torch::tensor(g.ids, torch::kInt64).reshape({h, w}));
+  }
+  return torch::stack(rows).to(device);  // [B, h, w]
 }
 
 torch::Tensor Pipeline::Impl::decode(const torch::Tensor& latents, Timings& timings) {
@@ -324,6 +374,63 @@ std::unique_ptr<Pipeline> PipelineAccess::from_components(Components components,
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Pipeline::~Pipeline() = default;
 const ModelSummary& Pipeline::summary() const { return impl_->summary; }
+
+const std::vector<std::array<uint8_t, 3>>& Pipeline::token_colours() {
+  auto& m = *impl_;
+  std::call_once(m.token_colours_once, [&m] {
+    // Each entry decoded as a uniform 2x2 grid; its colour is the mean of the decoded picture.
+    torch::NoGradGuard no_grad;
+    nn::ExecutionScope inference(nn::ExecutionMode::kInference);
+    const int64_t k = m.transformer->config().codebook_size;
+    std::vector<std::array<uint8_t, 3>> colours(static_cast<size_t>(k));
+    constexpr int64_t kBatch = 64;
+    for (int64_t first = 0; first < k; first += kBatch) {
+      const int64_t n = std::min(kBatch, k - first);
+      auto ids = torch::arange(first, first + n, torch::kInt64).view({n, 1, 1}).expand({n, 2, 2}).contiguous();
+      auto img = m.vqvae->decode_tokens(ids.to(m.device)).clamp(0.0, 1.0);  // [n, 3, H, W]
+      auto mean = img.mean({2, 3}).mul(255.0).round().to(torch::kCPU, torch::kUInt8).contiguous();  // [n, 3]
+      for (int64_t i = 0; i < n; ++i)
+        for (int c = 0; c < 3; ++c) colours[static_cast<size_t>(first + i)][c] = mean[i][c].item<uint8_t>();
+    }
+    m.token_colours = std::move(colours);
+  });
+  return m.token_colours;
+}
+
+Image Pipeline::preview(const TokenGrid& grid, int cell) {
+  if (cell < 1 || cell > 64) throw InvalidArgument("preview cell size must be 1..64 pixels, got " + std::to_string(cell));
+  if (grid.width <= 0 || grid.height <= 0 || static_cast<int64_t>(grid.ids.size()) != int64_t{grid.width} * grid.height)
+    throw InvalidArgument("token grid " + std::to_string(grid.width) + "x" + std::to_string(grid.height) + " has " +
+                          std::to_string(grid.ids.size()) + " ids");
+  const auto& colours = token_colours();
+  const int64_t mask_id = impl_->scheduler_config.mask_token_id;
+  Image im;
+  im.width = grid.width * cell;
+  im.height = grid.height * cell;
+  im.channels = 3;
+  im.pixels.resize(static_cast<size_t>(im.width) * im.height * 3);
+  for (int y = 0; y < im.height; ++y)
+    for (int x = 0; x < im.width; ++x) {
+      const int64_t id = grid.ids[static_cast<size_t>(y / cell) * grid.width + x / cell];
+      std::array<uint8_t, 3> rgb{128, 128, 128};  // masked (or out of the codebook): grey
+      if (id != mask_id && id >= 0 && id < static_cast<int64_t>(colours.size())) rgb = colours[static_cast<size_t>(id)];
+      uint8_t* p = im.pixels.data() + (static_cast<size_t>(y) * im.width + x) * 3;
+      p[0] = rgb[0];
+      p[1] = rgb[1];
+      p[2] = rgb[2];
+    }
+  return im;
+}
+
+std::vector<Image> Pipeline::decode(const std::vector<TokenGrid>& grids) {
+  auto& m = *impl_;
+  torch::NoGradGuard no_grad;
+  nn::ExecutionScope inference(nn::ExecutionMode::kInference);
+  const auto latents = m.grids_to_tensor(grids);
+  Timings timings;
+  const auto images = m.decode(latents, timings);
+  return m.make_result(latents, images, 0, timings).images;
+}
 
 std::unique_ptr<Pipeline> Pipeline::load(const std::string& model, const LoadOptions& options) {
   const auto t0 = Clock::now();
@@ -479,6 +586,7 @@ DenoiseRequest Pipeline::Impl::prepare(const GenerationParams& params, int width
   req.temperature = params.temperature;
   req.masking_schedule = params.masking_schedule;
   req.progress = params.progress;
+  req.step_details = params.step_details && params.progress;
   return req;
 }
 

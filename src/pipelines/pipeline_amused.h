@@ -60,6 +60,7 @@ struct DenoiseRequest {
   MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;
   double starting_mask_ratio = 1.0;
   ProgressCallback progress;
+  bool step_details = false;  // fill StepInfo::details
 };
 
 struct Pipeline::Impl {
@@ -75,6 +76,9 @@ struct Pipeline::Impl {
   std::function<void()> vq_encoder_loader;
   std::once_flag vq_encoder_once;
   void load_vq_encoder();
+  // Mean colour of each codebook entry's decoding (Pipeline::token_colours), computed once.
+  std::vector<std::array<uint8_t, 3>> token_colours;
+  std::once_flag token_colours_once;
   AmusedSchedulerConfig scheduler_config;
   int64_t vq_scale_factor = 16;
   int64_t sample_size = 16;
@@ -98,6 +102,11 @@ struct Pipeline::Impl {
   // Token grids [B, h, w] -> images [B, 3, H, W] float32 clipped to [0, 1] (one image at a time,
   // to bound peak memory).
   torch::Tensor decode(const torch::Tensor& latents, Timings& timings);
+  // One step's tokens, predictions [B, h, w] and confidences as the API's StepDetails.
+  StepDetails step_details(const torch::Tensor& tokens, const torch::Tensor& predicted,
+                           const torch::Tensor& confidence) const;
+  // Complete grids (ids in the codebook) -> [B, h, w] int64 on the device; InvalidArgument otherwise.
+  torch::Tensor grids_to_tensor(const std::vector<TokenGrid>& grids) const;
 
   // Builds the public result from final tokens and decoded images.
   GenerationResult make_result(const torch::Tensor& latents, const torch::Tensor& images, uint64_t seed,
