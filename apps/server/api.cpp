@@ -30,7 +30,9 @@ const std::set<std::string> kCommonFields = {"prompt",
                                              "aesthetic_score",
                                              "crop_coord",
                                              "masking_schedule",
-                                             "loras"};
+                                             "loras",
+                                             "stream",
+                                             "partial_images"};
 const std::set<std::string> kEditFields = {"image", "mask", "strength"};
 
 std::string type_name(const json& v) {
@@ -233,6 +235,19 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
     r.negative_prompts = {neg};
   }
   if (has("n") && (e = get_int(j.at("n"), "n", 1, limits.max_n, r.n))) return e;
+  if (has("stream")) {
+    const json& v = j.at("stream");
+    if (!v.is_boolean()) return wrong_type("stream", "a boolean", v);
+    r.stream = v.get<bool>();
+  }
+  if (has("partial_images")) {
+    if ((e = get_int(j.at("partial_images"), "partial_images", 0, 3, r.partial_images))) return e;
+  }
+  if (r.partial_images > 0 && !r.stream)
+    return invalid("partial_images", "'partial_images' needs 'stream': true (they are sent as server-sent events)");
+  if (r.stream && r.n != 1)
+    return invalid("stream", "'stream': true produces one image: 'n' must be 1, got " + std::to_string(r.n));
+  r.step_details = r.partial_images > 0;  // the previews come from each step's prediction
   if (has("steps") && (e = get_int(j.at("steps"), "steps", 1, limits.max_steps, r.steps))) return e;
   if (has("size")) {
     std::string size;
@@ -549,7 +564,7 @@ Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& 
   std::optional<std::string> image, mask;
   std::string image_name, mask_name;
   std::set<std::string> seen;
-  static const std::set<std::string> kIntegers = {"n", "steps", "seed"};
+  static const std::set<std::string> kIntegers = {"n", "steps", "seed", "partial_images"};
   static const std::set<std::string> kNumbers = {"guidance_scale", "aesthetic_score", "strength"};
   for (const auto& f : fields) {
     // Names are echoed in errors: refuse long or non-UTF-8 ones before anything else.
@@ -602,6 +617,10 @@ Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& 
       if (parsed.is_discarded())
         return invalid(f.name, "'loras' must be a JSON object {\"adapter name\": scale}", "invalid_type");
       j[f.name] = parsed;
+    } else if (f.name == "stream") {
+      if (f.content != "true" && f.content != "false")
+        return invalid(f.name, "'stream' must be true or false, got '" + f.content.substr(0, 64) + "'", "invalid_type");
+      j[f.name] = f.content == "true";
     } else if (kNumbers.count(f.name)) {
       const auto d = parse_double(f.content);
       if (!d)

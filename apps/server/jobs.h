@@ -35,6 +35,12 @@ struct Job {
   int64_t created = 0;  // unix seconds
   // Optional: false once the client of a synchronous request has gone (checked at every step).
   std::function<bool()> client_alive;
+  // Partial images (PNG bytes) of a streamed request, added by the worker as the steps run.
+  struct Partials {
+    std::mutex mu;
+    std::vector<std::string> pngs;
+  };
+  std::shared_ptr<Partials> partials = std::make_shared<Partials>();
 
   // Everything below is guarded by the queue's mutex.
   JobStatus status = JobStatus::Queued;

@@ -22,6 +22,18 @@ int with_jitter(int seconds) {
 json Server::Impl::generate(const Job& job, const JobQueue::Progress& progress) {
   const GenerationRequest& r = job.request;
   const ProgressCallback cb = [&](const StepInfo& s) {
+    // Partial images at evenly spaced steps before the last: step ceil(N (k + 1) / (P + 1)).
+    if (r.partial_images > 0 && s.details && s.step < s.num_steps) {
+      const int p = r.partial_images, n = s.num_steps;
+      bool emit = false;
+      for (int k = 0; k < p; ++k) emit = emit || s.step == std::max(1, (n * (k + 1) + p) / (p + 1));
+      if (emit) {
+        const int cell = std::max<int>(1, pipeline.summary().vq_scale_factor);
+        std::string png = encode_png(pipeline.preview(s.details->predicted.at(0), cell));
+        std::lock_guard<std::mutex> lock(job.partials->mu);
+        job.partials->pngs.push_back(std::move(png));
+      }
+    }
     return progress(s.step, s.num_steps, s.step_seconds);
   };
   const GenerationResult result = run_request(pipeline, r, cb);
@@ -89,6 +101,7 @@ void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& r
   auto job =
       queue->submit(std::move(std::get<GenerationRequest>(parsed)), false, alive, &shutting_down);
   if (!job) return reject_full(res, shutting_down);
+  if (job->request.stream) return stream_events(res, job, endpoint, handler_done);
   while (!queue->wait(job, std::chrono::milliseconds(50))) {
     if (alive && !alive()) {
       queue->cancel(job);
@@ -100,6 +113,66 @@ void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& r
   }
   *handler_done = true;
   finish_sync(res, job);
+}
+
+void Server::Impl::stream_events(httplib::Response& res, const std::shared_ptr<Job>& job, Endpoint endpoint,
+                                 std::shared_ptr<std::atomic<bool>> handler_done) {
+  // OpenAI's image streaming: `image_generation.partial_image` events (image_edit.* for edits),
+  // then `image_generation.completed` with the image, as server-sent events; an `error` event if
+  // the job fails. Written while the job runs (chunked), polled every 50 ms.
+  const std::string prefix = endpoint == Endpoint::Edits ? "image_edit." : "image_generation.";
+  res.set_header("Cache-Control", "no-cache");
+  size_t sent = 0;
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, job, prefix, sent](size_t, httplib::DataSink& sink) mutable {
+        auto event = [&](const std::string& type, const json& data) {
+          const std::string text = "event: " + type + "\ndata: " +
+                                   data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+          return sink.write(text.data(), text.size());
+        };
+        const bool finished = queue->wait(job, std::chrono::milliseconds(50));
+        std::vector<std::string> fresh;
+        {
+          std::lock_guard<std::mutex> lock(job->partials->mu);
+          fresh.assign(job->partials->pngs.begin() + static_cast<std::ptrdiff_t>(sent), job->partials->pngs.end());
+        }
+        for (const auto& png : fresh) {
+          if (!event(prefix + "partial_image", {{"type", prefix + "partial_image"},
+                                                {"b64_json", base64_encode(png)},
+                                                {"created_at", unix_now()},
+                                                {"output_format", "png"},
+                                                {"partial_image_index", sent}})) {
+            queue->cancel(job);  // the client went away
+            return false;
+          }
+          ++sent;
+        }
+        if (!finished) return true;  // called again
+        if (queue->status(job) == JobStatus::Succeeded && job->result) {
+          const json& r = *job->result;
+          for (const auto& item : r.at("data")) {
+            const int w = r.value("width", 0), h = r.value("height", 0);
+            const int64_t tokens = static_cast<int64_t>(w / std::max<int64_t>(1, pipeline.summary().vq_scale_factor)) *
+                                   (h / std::max<int64_t>(1, pipeline.summary().vq_scale_factor));
+            event(prefix + "completed", {{"type", prefix + "completed"},
+                                         {"b64_json", item.at("b64_json")},
+                                         {"created_at", r.value("created", unix_now())},
+                                         {"size", std::to_string(w) + "x" + std::to_string(h)},
+                                         {"output_format", "png"},
+                                         {"seed", item.value("seed", json())},
+                                         {"usage", {{"input_tokens", 0},
+                                                    {"output_tokens", tokens},
+                                                    {"total_tokens", tokens}}}});
+          }
+        } else {
+          const ApiError e = job->error ? *job->error : error_of(500, "server_error", "internal", "no result");
+          event("error", {{"type", "error"}, {"error", {{"type", e.type}, {"code", e.code}, {"message", e.message}}}});
+        }
+        sink.done();
+        return true;
+      },
+      [handler_done](bool) { *handler_done = true; });
 }
 
 void Server::Impl::finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job) {

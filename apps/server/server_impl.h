@@ -121,6 +121,9 @@ struct Server::Impl {
   void images_sync(const httplib::Request& req, httplib::Response& res, const Body& body, Endpoint endpoint);
   // Answers for a finished job (whose fields no longer change once its status is final).
   void finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job);
+  // `stream: true`: server-sent events (partial images, then the image) while the job runs.
+  void stream_events(httplib::Response& res, const std::shared_ptr<Job>& job, Endpoint endpoint,
+                     std::shared_ptr<std::atomic<bool>> handler_done);
 
   // routes_jobs.cpp: the job API.
   void jobs_submit(const httplib::Request& req, httplib::Response& res, const Body& body);

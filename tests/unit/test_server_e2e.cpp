@@ -822,3 +822,53 @@ TEST(ServerE2E, SlowClientsAreClosedAndHealthAnswers) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
+
+// OpenAI-style streaming (issue 18): `stream: true` with `partial_images` answers server-sent
+// events, the partial previews then the completed image, equal to the same request unstreamed.
+TEST(ServerE2E, StreamsPartialImagesAsServerSentEvents) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server;
+  auto c = server.client();
+  const json gen = {{"prompt", "a red fox"}, {"seed", 5}, {"steps", 6}};
+  auto plain = c->Post("/v1/images/generations", gen.dump(), "application/json");
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+
+  json streamed = gen;
+  streamed["stream"] = true;
+  streamed["partial_images"] = 2;
+  auto r = c->Post("/v1/images/generations", streamed.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  // "event: TYPE\ndata: JSON\n\n" blocks.
+  std::vector<std::pair<std::string, json>> events;
+  std::istringstream in(r->body);
+  std::string line, type;
+  while (std::getline(in, line)) {
+    if (line.rfind("event: ", 0) == 0) type = line.substr(7);
+    if (line.rfind("data: ", 0) == 0) events.emplace_back(type, json::parse(line.substr(6)));
+  }
+  ASSERT_EQ(events.size(), 3u) << r->body.substr(0, 500);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(events[i].first, "image_generation.partial_image");
+    EXPECT_EQ(events[i].second["type"], "image_generation.partial_image");
+    EXPECT_EQ(events[i].second["partial_image_index"], i);
+    const auto png = amused::server::base64_decode(events[i].second["b64_json"].get<std::string>());
+    ASSERT_TRUE(png);
+    EXPECT_GT(amused::decode_image(*png, "partial").width, 0);
+  }
+  EXPECT_EQ(events[2].first, "image_generation.completed");
+  EXPECT_EQ(events[2].second["b64_json"], body_of(plain)["data"][0]["b64_json"]);
+  EXPECT_GT(events[2].second["usage"]["output_tokens"].get<int>(), 0);
+
+  // Streaming makes one image; partial images need it.
+  json two = streamed;
+  two["n"] = 2;
+  expect_error(c->Post("/v1/images/generations", two.dump(), "application/json"), 400, "invalid_value", "stream");
+  json partial_only = gen;
+  partial_only["partial_images"] = 1;
+  expect_error(c->Post("/v1/images/generations", partial_only.dump(), "application/json"), 400, "invalid_value",
+               "partial_images");
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
