@@ -197,16 +197,11 @@ json poll_job(httplib::Client& c, const std::string& id,
 
 // Sends `request` as raw bytes and returns the server's answer: the status line, headers and the
 // Content-Length body, or what came before it closed, or "" when nothing came within `timeout`.
+int connect_to(int port);
+
 std::string raw_exchange(int port, const std::string& request, std::chrono::milliseconds timeout = 5s) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return "";
-  }
+  const int fd = connect_to(port);
+  if (fd < 0) return "";
   send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string out;
   char buf[4096];
