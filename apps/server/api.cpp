@@ -513,14 +513,28 @@ Parsed<GenerationRequest> parse_json_request(const std::string& body, Endpoint e
   // the last one silently).
   std::vector<std::set<std::string>> keys;
   std::string duplicate;
-  const json::parser_callback_t on_event = [&](int, json::parse_event_t event, json& parsed) {
+  // Text values other than the images are short (a prompt is at most max_prompt_bytes): a longer
+  // one is dropped as soon as it is parsed, so that a 30 MB prompt in an edit's body (within the
+  // route's cap) is never kept or copied; the request is refused below.
+  const size_t max_text = std::max<size_t>(limits.max_prompt_bytes * 4, 64u << 10);
+  std::string key, oversized;
+  size_t oversized_bytes = 0;
+  const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
     if (event == json::parse_event_t::object_start) {
       keys.emplace_back();
     } else if (event == json::parse_event_t::object_end) {
       if (!keys.empty()) keys.pop_back();
-    } else if (event == json::parse_event_t::key && duplicate.empty() && !keys.empty() &&
-               parsed.is_string() && !keys.back().insert(parsed.get<std::string>()).second) {
-      duplicate = parsed.get<std::string>();
+    } else if (event == json::parse_event_t::key && parsed.is_string()) {
+      if (depth == 1) key = parsed.get<std::string>();
+      if (duplicate.empty() && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second)
+        duplicate = parsed.get<std::string>();
+    } else if (event == json::parse_event_t::value && parsed.is_string() && key != "image" && key != "mask" &&
+               parsed.get_ref<const std::string&>().size() > max_text) {
+      if (oversized.empty()) {
+        oversized = key;
+        oversized_bytes = parsed.get_ref<const std::string&>().size();
+      }
+      return false;  // not kept
     }
     return true;
   };
@@ -535,6 +549,14 @@ Parsed<GenerationRequest> parse_json_request(const std::string& body, Endpoint e
   if (!duplicate.empty()) {
     const std::string name = utf8_sanitized(duplicate.substr(0, 64));
     return invalid(name, "'" + name + "' is given more than once", "duplicate_parameter");
+  }
+  if (!oversized.empty()) {
+    const std::string name = utf8_sanitized(oversized.substr(0, 64));
+    return invalid(name, "'" + name + "' is " + std::to_string(oversized_bytes) + " bytes of text, more than the " +
+                             std::to_string(max_text) + " any text parameter may have" +
+                             (name == "prompt" || name == "negative_prompt"
+                                  ? " (a prompt: at most " + std::to_string(limits.max_prompt_bytes) + " bytes)"
+                                  : ""));
   }
   if (!j.is_object())
     return invalid("", "the request body must be a JSON object, got " + type_name(j),

@@ -87,9 +87,8 @@ void Server::Impl::reject_full(httplib::Response& res, bool shutting_down) {
                                " waiting); retry after " + std::to_string(retry) + " s"));
 }
 
-void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& res, const Body& body,
-                               Endpoint endpoint) {
-  auto parsed = parse(req, body, endpoint);
+void Server::Impl::images_sync(const httplib::Request& req, httplib::Response& res,
+                               Parsed<GenerationRequest>&& parsed, Endpoint endpoint) {
   if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
   // The worker asks at every step whether the client is still there; so does this thread while
   // the job waits in the queue.

@@ -3,8 +3,8 @@
 
 namespace amused::server {
 
-void Server::Impl::jobs_submit(const httplib::Request& req, httplib::Response& res, const Body& body) {
-  auto parsed = parse(req, body, Endpoint::Jobs);
+void Server::Impl::jobs_submit(const httplib::Request& req, httplib::Response& res,
+                               Parsed<GenerationRequest>&& parsed) {
   if (auto* e = std::get_if<ApiError>(&parsed)) return send_error(res, *e);
   bool shutting_down = false;
   auto job = queue->submit(std::move(std::get<GenerationRequest>(parsed)), true, {}, &shutting_down);

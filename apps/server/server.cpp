@@ -3,6 +3,9 @@
 #include "server/server.h"
 
 #include <poll.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -27,6 +30,14 @@
 
 namespace amused::server {
 namespace {
+
+// Freed heap pages back to the system (glibc: every arena, the connection threads' included; each
+// connection thread allocates from its own arena, which otherwise keeps a large body's pages).
+void give_back_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
 
 // Start of the request this HTTP thread is serving (set before routing, read by the logger).
 thread_local std::optional<Clock::time_point> t_request_start;
@@ -93,7 +104,7 @@ void Server::Impl::setup() {
   // it, polls, and slow clients until the watchdog's deadline (bind()).
   const size_t threads = connection_threads =
       options.connection_threads > 0 ? std::min<size_t>(options.connection_threads, 1024)
-                                     : std::clamp<size_t>(options.max_queue + 32, 32, 256);
+                                     : std::clamp<size_t>(options.max_queue + 56, 64, 256);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body_bytes);
   http.set_keep_alive_timeout(2);
@@ -257,6 +268,8 @@ void Server::Impl::setup() {
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     // The answer is written: the connection's next request has a fresh deadline.
     if (watchdog) watchdog->answered(req.remote_addr, req.remote_port);
+    // After a large body's answer, its thread's freed pages go back too (the parse trims as well).
+    if (req.get_header_value<uint64_t>("Content-Length") > (1u << 20)) give_back_free_memory();
     // Called once the answer is written: a refusal sent before the body lingers here.
     if (t_refused_before_body) {
       t_refused_before_body = false;
@@ -305,11 +318,18 @@ void Server::Impl::setup() {
   http.Get("/v1/models", guard([this](const Req&, Res& res) { models(res); }));
   http.Get("/v1/models/(.+)", guard([this](const Req& req, Res& res) { model(req, res); }));
   http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
-  // The routes that take a body read it themselves (read_body): chunked or not, up to their cap.
-  using BodyHandler = std::function<void(const Req&, Res&, const Body&)>;
-  auto with_body = [this, in_handler](BodyHandler fn) {
-    return [this, in_handler, fn = std::move(fn)](const Req& req, Res& res,
-                                                  const httplib::ContentReader& reader) {
+  // The routes that take a body read it themselves (read_body): chunked or not, up to their cap,
+  // and parse it into a request here. Bodies over 1 MiB (or of unknown length) are read and parsed
+  // one at a time and freed before the handler runs: eight concurrent 30 MB edits took 1 GB at
+  // once and kept half of it.
+  using RequestHandler = std::function<void(const Req&, Res&, Parsed<GenerationRequest>&&)>;
+  auto with_request = [this, in_handler](Endpoint endpoint, RequestHandler fn) {
+    return [this, in_handler, endpoint, fn = std::move(fn)](const Req& req, Res& res,
+                                                            const httplib::ContentReader& reader) {
+      const bool big = req.get_header_value<uint64_t>("Content-Length") > (1u << 20) ||
+                       req.has_header("Transfer-Encoding");
+      std::unique_lock<std::mutex> one_big_body(big_body_mu, std::defer_lock);
+      if (big) one_big_body.lock();
       Body body;
       const auto read_error = read_body(req, reader, body);  // within the deadline
       in_handler(req);
@@ -320,17 +340,25 @@ void Server::Impl::setup() {
         return send_error(res, *e);
       }
       if (read_error) return reject_before_body(req, res, *read_error);
-      fn(req, res, body);
+      Parsed<GenerationRequest> parsed = parse(req, body, endpoint);
+      body = Body{};
+      if (big) {
+        one_big_body.unlock();
+        give_back_free_memory();
+      }
+      fn(req, res, std::move(parsed));
     };
   };
-  http.Post("/v1/images/generations", with_body([this](const Req& req, Res& res, const Body& body) {
-              images_sync(req, res, body, Endpoint::Generations);
+  http.Post("/v1/images/generations",
+            with_request(Endpoint::Generations, [this](const Req& req, Res& res, Parsed<GenerationRequest>&& r) {
+              images_sync(req, res, std::move(r), Endpoint::Generations);
             }));
-  http.Post("/v1/images/edits", with_body([this](const Req& req, Res& res, const Body& body) {
-              images_sync(req, res, body, Endpoint::Edits);
+  http.Post("/v1/images/edits",
+            with_request(Endpoint::Edits, [this](const Req& req, Res& res, Parsed<GenerationRequest>&& r) {
+              images_sync(req, res, std::move(r), Endpoint::Edits);
             }));
-  http.Post("/v1/jobs", with_body([this](const Req& req, Res& res, const Body& body) {
-              jobs_submit(req, res, body);
+  http.Post("/v1/jobs", with_request(Endpoint::Jobs, [this](const Req& req, Res& res, Parsed<GenerationRequest>&& r) {
+              jobs_submit(req, res, std::move(r));
             }));
   http.Get("/v1/jobs",
            guard([this](const Req&, Res& res) { send_json(res, 200, queue->list()); }));
@@ -374,6 +402,10 @@ std::optional<ApiError> Server::Impl::read_body(const httplib::Request& req,
   const uint64_t cap = body_cap(req);
   uint64_t total = 0;
   bool over = false;
+  // A known length within the cap is reserved at once (no doubling as the body grows).
+  if (const uint64_t declared = req.get_header_value<uint64_t>("Content-Length"); declared > 0 && declared <= cap &&
+                                                                           !req.is_multipart_form_data())
+    out.text.reserve(declared);
   auto take = [&](size_t n) {
     total += n;
     over = total > cap;

@@ -27,7 +27,7 @@ struct ServerOptions {
   // of being accepted or of its previous answer, or it is closed (slow clients cannot hold the
   // connection threads). Handling time does not count.
   double request_timeout_s = 30;
-  // Connection threads (0: max_queue + 32, at least 32, at most 256): waiting synchronous
+  // Connection threads (0: max_queue + 56, at least 64, at most 256): waiting synchronous
   // requests, polls and slow clients share them. Open connections beyond 4x as many are closed,
   // the newest first, unless they are being answered.
   size_t connection_threads = 0;

@@ -80,6 +80,7 @@ struct Server::Impl {
   std::map<int, uint64_t> responses_by_status;
   std::mutex log_mu;
   size_t connection_threads = 0;
+  std::mutex big_body_mu;  // bodies over 1 MiB are read and parsed one at a time
   std::unique_ptr<ConnectionWatchdog> watchdog;  // from bind() on (it needs the port)
 
   Impl(Pipeline& p, ServerOptions o) : pipeline(p), options(std::move(o)) {
@@ -118,7 +119,8 @@ struct Server::Impl {
   json generate(const Job& job, const JobQueue::Progress& progress);
   Parsed<GenerationRequest> parse(const httplib::Request& req, const Body& body, Endpoint endpoint);
   void reject_full(httplib::Response& res, bool shutting_down);
-  void images_sync(const httplib::Request& req, httplib::Response& res, const Body& body, Endpoint endpoint);
+  void images_sync(const httplib::Request& req, httplib::Response& res, Parsed<GenerationRequest>&& parsed,
+                   Endpoint endpoint);
   // Answers for a finished job (whose fields no longer change once its status is final).
   void finish_sync(httplib::Response& res, const std::shared_ptr<Job>& job);
   // `stream: true`: server-sent events (partial images, then the image) while the job runs.
@@ -126,7 +128,7 @@ struct Server::Impl {
                      std::shared_ptr<std::atomic<bool>> handler_done);
 
   // routes_jobs.cpp: the job API.
-  void jobs_submit(const httplib::Request& req, httplib::Response& res, const Body& body);
+  void jobs_submit(const httplib::Request& req, httplib::Response& res, Parsed<GenerationRequest>&& parsed);
   std::shared_ptr<Job> find_job(const httplib::Request& req, httplib::Response& res);
   void jobs_result(const httplib::Request& req, httplib::Response& res);
   void jobs_cancel(const httplib::Request& req, httplib::Response& res, bool is_delete);

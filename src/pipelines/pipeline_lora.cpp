@@ -113,8 +113,9 @@ void Pipeline::Impl::merge_loras() {
 Pipeline::Impl::LoraScaleScope::LoraScaleScope(Impl& impl,
                                                const std::map<std::string, double>& scales) {
   for (const auto& [name, s] : scales) {
+    const std::string& wanted = name;  // (C++17, the fuzz builds: no lambda captures of bindings)
     auto it = std::find_if(impl.loras.begin(), impl.loras.end(),
-                           [&](const LoadedLora& l) { return l.info.name == name; });
+                           [&](const LoadedLora& l) { return l.info.name == wanted; });
     if (it == impl.loras.end()) {
       std::string known;
       for (const auto& l : impl.loras) known += (known.empty() ? "" : ", ") + l.info.name;

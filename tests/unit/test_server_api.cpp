@@ -669,3 +669,27 @@ TEST(ServerApi, StepsToRunCountEditsLikeThePipeline) {
   r.strength = 0.3;
   EXPECT_EQ(amused::server::steps_to_run(r), 3);
 }
+
+// Text beyond any parameter's limit (a 30 MB prompt in an edit's body, within that route's cap)
+// is dropped while the body is parsed and refused, naming the parameter and the sizes; images are
+// exempt. Streaming parameters are checked too (issue 18).
+TEST(ServerApi, OversizedTextIsRefusedWhileParsing) {
+  const std::string huge(200000, 'a');
+  const ApiError e = err(amused::server::parse_json_request(json({{"prompt", huge}}).dump(), Endpoint::Edits, limits()));
+  EXPECT_EQ(e.param, "prompt");
+  EXPECT_NE(e.message.find("200000 bytes"), std::string::npos) << e.message;
+  const ApiError n = err(amused::server::parse_json_request(json({{"prompt", "x"}, {"negative_prompt", huge}}).dump(),
+                                                             Endpoint::Generations, limits()));
+  EXPECT_EQ(n.param, "negative_prompt");
+  // A big image is not text: it gets the image's own checks (here: not valid base64).
+  const ApiError img =
+      err(amused::server::parse_json_request(json({{"prompt", "x"}, {"image", huge + "!"}}).dump(), Endpoint::Edits, limits()));
+  EXPECT_EQ(img.param, "image");
+
+  EXPECT_TRUE(gen_ok(R"({"prompt": "x", "stream": true, "partial_images": 3})").stream);
+  EXPECT_EQ(gen_ok(R"({"prompt": "x", "stream": true, "partial_images": 3})").partial_images, 3);
+  EXPECT_TRUE(gen_ok(R"({"prompt": "x", "stream": true, "partial_images": 2})").step_details);
+  EXPECT_EQ(gen_err(R"({"prompt": "x", "stream": "yes"})").code, "invalid_type");
+  EXPECT_EQ(gen_err(R"({"prompt": "x", "stream": true, "partial_images": 4})").param, "partial_images");
+  EXPECT_EQ(gen_err(R"({"prompt": "x", "partial_images": 1})").param, "partial_images");
+}
