@@ -59,10 +59,19 @@ uint64_t allocatable_bytes() {
     const uint64_t cap = static_cast<uint64_t>(limit.rlim_cur);
     can = std::min(can, cap > mapped ? cap - mapped : 0);
   }
+  // cgroup v2: memory.current counts the page cache too, which the kernel reclaims under pressure
+  // (after a build it can fill the whole limit): only the rest is in use.
   uint64_t max = 0, current = 0;
   if (read_cgroup_number("/sys/fs/cgroup/memory.max", max) &&
-      read_cgroup_number("/sys/fs/cgroup/memory.current", current))
-    can = std::min(can, max > current ? max - current : 0);
+      read_cgroup_number("/sys/fs/cgroup/memory.current", current)) {
+    std::ifstream stat("/sys/fs/cgroup/memory.stat");
+    std::string key;
+    uint64_t value = 0, file = 0;
+    while (stat >> key >> value)
+      if (key == "file") file = value;
+    const uint64_t used = current > file ? current - file : 0;
+    can = std::min(can, max > used ? max - used : 0);
+  }
   return can;
 }
 

@@ -7,7 +7,8 @@ namespace amused {
 
 // Bytes this process can still allocate: the smallest of the memory the system reports available
 // (MemAvailable + SwapFree), the address-space limit (ulimit -v) less what is mapped now, and the
-// cgroup's memory.max less its memory.current. UINT64_MAX when none of them is known.
+// cgroup's memory.max less what it uses besides the page cache (memory.current - file). UINT64_MAX
+// when none of them is known.
 uint64_t allocatable_bytes();
 
 // Gives the pages of free heap memory back to the system (glibc's malloc_trim; a no-op elsewhere).
