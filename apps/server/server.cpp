@@ -319,20 +319,19 @@ void Server::Impl::setup() {
   http.Get("/v1/models/(.+)", guard([this](const Req& req, Res& res) { model(req, res); }));
   http.Get("/metrics", guard([this](const Req& req, Res& res) { metrics(req, res); }));
   // The routes that take a body read it themselves (read_body): chunked or not, up to their cap,
-  // and parse it into a request here. Bodies over 1 MiB (or of unknown length) are read and parsed
-  // one at a time and freed before the handler runs: eight concurrent 30 MB edits took 1 GB at
-  // once and kept half of it.
+  // and parse it into a request here. Bodies over 1 MiB are parsed one at a time and freed before
+  // the handler runs: eight concurrent 30 MB edits parsed at once took 1 GB.
   using RequestHandler = std::function<void(const Req&, Res&, Parsed<GenerationRequest>&&)>;
   auto with_request = [this, in_handler](Endpoint endpoint, RequestHandler fn) {
     return [this, in_handler, endpoint, fn = std::move(fn)](const Req& req, Res& res,
                                                             const httplib::ContentReader& reader) {
-      const bool big = req.get_header_value<uint64_t>("Content-Length") > (1u << 20) ||
-                       req.has_header("Transfer-Encoding");
-      std::unique_lock<std::mutex> one_big_body(big_body_mu, std::defer_lock);
-      if (big) one_big_body.lock();
       Body body;
       const auto read_error = read_body(req, reader, body);  // within the deadline
       in_handler(req);
+      // Not held while reading: a client sending slowly would hold every other upload back.
+      const bool big = body.text.size() + (body.fields.empty() ? 0 : body.fields.back().content.size()) > (1u << 20) ||
+                       req.get_header_value<uint64_t>("Content-Length") > (1u << 20);
+      std::unique_lock<std::mutex> one_big_body(big_body_mu, std::defer_lock);
       // The key is checked once the body is in (answering earlier and closing could reset the
       // connection before the client reads the answer).
       if (auto e = auth_error(req)) {
@@ -340,6 +339,7 @@ void Server::Impl::setup() {
         return send_error(res, *e);
       }
       if (read_error) return reject_before_body(req, res, *read_error);
+      if (big) one_big_body.lock();
       Parsed<GenerationRequest> parsed = parse(req, body, endpoint);
       body = Body{};
       if (big) {

@@ -80,7 +80,7 @@ struct Server::Impl {
   std::map<int, uint64_t> responses_by_status;
   std::mutex log_mu;
   size_t connection_threads = 0;
-  std::mutex big_body_mu;  // bodies over 1 MiB are read and parsed one at a time
+  std::mutex big_body_mu;  // bodies over 1 MiB are parsed one at a time
   std::unique_ptr<ConnectionWatchdog> watchdog;  // from bind() on (it needs the port)
 
   Impl(Pipeline& p, ServerOptions o) : pipeline(p), options(std::move(o)) {
