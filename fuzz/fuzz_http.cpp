@@ -28,6 +28,7 @@
 
 #include "amused/pipeline.h"
 #include "fuzz_common.h"
+#include "server/connection.h"
 #include "server/server.h"
 
 namespace {
@@ -64,18 +65,7 @@ Running& server() {
   return *r;
 }
 
-int connect_to(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+int connect_to(int port) { return amused::server::connect_loopback(port); }
 
 // Parses the responses in `answer`: traps on anything malformed; returns true when `answer` ends
 // exactly after a complete final (non-100) response.

@@ -1,7 +1,10 @@
 // Finding and probing the socket of an HTTP connection (see connection.h).
 #include "server/connection.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <unistd.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -72,6 +75,20 @@ int find_connection_socket(int local_port, const std::string& remote_addr, int r
     return false;
   });
   return found;
+}
+
+int connect_loopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 bool connection_alive(int fd) {

@@ -20,6 +20,9 @@ namespace amused::server {
 // The socket descriptor of the TCP connection (local_port, remote_addr:remote_port), or -1.
 int find_connection_socket(int local_port, const std::string& remote_addr, int remote_port);
 
+// A TCP connection to 127.0.0.1:port (tests and fuzzing talk to a server so), or -1.
+int connect_loopback(int port);
+
 // False once the peer has closed or reset the connection (EOF, RST, or a half-close: a client
 // that shuts down its sending side while waiting counts as gone). Does not consume data.
 bool connection_alive(int fd);

@@ -22,6 +22,7 @@
 
 #include "amused/image_io.h"
 #include "server/base64.h"
+#include "server/connection.h"
 #include "server/http.h"
 #include "support/golden.h"
 
@@ -197,7 +198,7 @@ json poll_job(httplib::Client& c, const std::string& id,
 
 // Sends `request` as raw bytes and returns the server's answer: the status line, headers and the
 // Content-Length body, or what came before it closed, or "" when nothing came within `timeout`.
-int connect_to(int port);
+int connect_to(int port) { return amused::server::connect_loopback(port); }
 
 std::string raw_exchange(int port, const std::string& request, std::chrono::milliseconds timeout = 5s) {
   const int fd = connect_to(port);
@@ -225,19 +226,6 @@ std::string raw_exchange(int port, const std::string& request, std::chrono::mill
   return out;
 }
 
-// A connected TCP socket to the server, or -1.
-int connect_to(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // True once the server has closed (or reset) the connection: a read sees EOF or an error.
 bool closed_by_server(int fd) {
