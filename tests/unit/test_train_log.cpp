@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <cctype>
 #include <regex>
 
 #include "amused/error.h"
@@ -62,15 +63,32 @@ std::vector<int64_t> steps_of(const fs::path& p) {
     } else {
       const bool self = !tag.empty() && tag.back() == '/';
       if (self) tag.pop_back();
-      static const std::regex element(R"(^([A-Za-z][\w:-]*)(\s+[\w:-]+="[^"<]*")*\s*$)");
-      std::smatch m;
-      if (!std::regex_match(tag, m, element))
+      // name (space+ attr="value")* space*, scanned by hand: libstdc++'s std::regex recurses once
+      // per character, and a long points="..." overflowed the stack under AddressSanitizer.
+      auto is_name = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == ':' || c == '-'; };
+      size_t k = 0;
+      if (tag.empty() || !std::isalpha(static_cast<unsigned char>(tag[0])))
         return ::testing::AssertionFailure() << "malformed tag <" << tag << ">";
+      while (k < tag.size() && is_name(tag[k])) ++k;
+      const std::string name = tag.substr(0, k);
+      while (k < tag.size()) {
+        const size_t ws = k;
+        while (k < tag.size() && std::isspace(static_cast<unsigned char>(tag[k]))) ++k;
+        if (k == tag.size()) break;
+        const size_t attr = k;
+        while (k < tag.size() && is_name(tag[k])) ++k;
+        if (k == ws || k == attr || tag.compare(k, 2, "=\"") != 0)
+          return ::testing::AssertionFailure() << "malformed tag <" << tag.substr(0, 80) << ">";
+        const size_t close = tag.find('"', k + 2);
+        if (close == std::string::npos || tag.find('<', k + 2) < close)
+          return ::testing::AssertionFailure() << "malformed tag <" << tag.substr(0, 80) << ">";
+        k = close + 1;
+      }
       if (stack.empty() && root_seen)
-        return ::testing::AssertionFailure() << "second root element " << m[1];
+        return ::testing::AssertionFailure() << "second root element " << name;
       root_seen = true;
-      if (names) names->push_back(m[1]);
-      if (!self) stack.push_back(m[1]);
+      if (names) names->push_back(name);
+      if (!self) stack.push_back(name);
     }
     i = gt + 1;
   }
@@ -91,11 +109,14 @@ std::string series_group(const std::string& svg, const std::string& name) {
 size_t drawn_points(const std::string& group, size_t* polylines = nullptr,
                     size_t* circles = nullptr) {
   size_t n = 0, lines = 0, dots = 0;
-  static const std::regex pts(R"(points="([^"]*)\")");
-  for (std::sregex_iterator it(group.begin(), group.end(), pts), end; it != end; ++it) {
+  // (A find loop, not std::regex: libstdc++'s regex recurses once per character, and a long
+  // polyline overflowed the stack under AddressSanitizer.)
+  for (size_t at = group.find("points=\""); at != std::string::npos; at = group.find("points=\"", at + 1)) {
+    const size_t begin = at + 8, end = group.find('"', begin);
+    if (end == std::string::npos) break;
     ++lines;
-    const std::string p = (*it)[1];
-    n += static_cast<size_t>(std::count(p.begin(), p.end(), ','));
+    n += static_cast<size_t>(std::count(group.begin() + static_cast<std::ptrdiff_t>(begin),
+                                        group.begin() + static_cast<std::ptrdiff_t>(end), ','));
   }
   for (size_t at = group.find("<circle"); at != std::string::npos;
        at = group.find("<circle", at + 1))
