@@ -76,12 +76,17 @@ void check_weights_hold(const ModelSizeBound& bound, const std::vector<fs::path>
   if (files.empty()) return;
   double bytes = 0;
   for (const auto& f : files) {
-    // Opening checks the file (a truncated or malformed one gets the loader's own message).
     if (f.extension() != ".safetensors") return;
-    bytes += static_cast<double>(io::SafeTensorsFile::open(f)->file_size());
+    std::error_code ec;
+    const auto size = fs::file_size(f, ec);
+    if (ec) return;  // the loader names the file and the problem
+    bytes += static_cast<double>(size);
   }
   const double needed = 2.0 * bound.parameters;
   if (needed <= bytes) return;
+  // Too small: a truncated or malformed file gets the loader's own message first (opening checks
+  // it; the loader opens them again when it reads them, so this is only done here when failing).
+  for (const auto& f : files) io::SafeTensorsFile::open(f);
   char text[160];
   std::snprintf(text, sizeof text, "at least %.3g parameters (%.1f MB even as float16) but its weight files hold %.1f MB",
                 bound.parameters, needed / 1e6, bytes / 1e6);

@@ -16,22 +16,33 @@ std::string shape_str(const torch::Tensor& t) {
 
 }  // namespace
 
-TextConditioning encode_captions(const ClipTokenizer& tokenizer,
-                                 models::CLIPTextModelWithProjection& text_encoder,
-                                 const std::vector<std::string>& captions, int64_t max_length) {
-  if (captions.empty()) throw InvalidArgument("encode_captions: no captions");
+torch::Tensor tokenize_captions(const ClipTokenizer& tokenizer, const std::vector<std::string>& captions,
+                                int64_t max_length) {
+  if (captions.empty()) throw InvalidArgument("tokenize_captions: no captions");
   // Padded to the tokenizer's model_max_length, as train_amused.py's tokenize_prompt (77 for CLIP-L).
   const auto batch =
       tokenizer.encode_batch(captions, max_length > 0 ? max_length : tokenizer.model_max_length());
-  TextConditioning out;
   // [B * L] -> [B, L]
-  out.input_ids =
-      torch::tensor(batch.input_ids, torch::kLong).reshape({batch.batch_size, batch.max_length});
-  torch::NoGradGuard no_grad;
+  return torch::tensor(batch.input_ids, torch::kLong).reshape({batch.batch_size, batch.max_length});
+}
+
+TextConditioning encode_ids(models::CLIPTextModelWithProjection& text_encoder, const torch::Tensor& input_ids) {
+  TextConditioning out;
+  const auto params = text_encoder->parameters();
+  out.input_ids = params.empty() ? input_ids : input_ids.to(params.front().device());
   const auto encoded = text_encoder->forward(out.input_ids);
   out.encoder_hidden_states = encoded.penultimate_hidden_state;
   out.cond_embeds = encoded.text_embeds;
   return out;
+}
+
+TextConditioning encode_captions(const ClipTokenizer& tokenizer,
+                                 models::CLIPTextModelWithProjection& text_encoder,
+                                 const std::vector<std::string>& captions, int64_t max_length) {
+  if (captions.empty()) throw InvalidArgument("encode_captions: no captions");
+  const auto ids = tokenize_captions(tokenizer, captions, max_length);
+  torch::NoGradGuard no_grad;
+  return encode_ids(text_encoder, ids);
 }
 
 CondDropout apply_cond_dropout(const torch::Tensor& encoder_hidden_states,

@@ -31,7 +31,16 @@ struct TextConditioning {
   torch::Tensor cond_embeds;            // [B, P] = text_embeds (the transformer's pooled_text_emb)
 };
 
-// train_amused.py's tokenize_prompt + encode_prompt for a frozen text encoder: runs under
+// train_amused.py's tokenize_prompt: the captions' ids, padded and cut to max_length (0: the
+// tokenizer's model_max_length), as a [B, L] int64 tensor on the CPU.
+torch::Tensor tokenize_captions(const ClipTokenizer& tokenizer, const std::vector<std::string>& captions,
+                                int64_t max_length = 0);
+
+// encode_prompt: the text encoder on `input_ids` (moved to its device), with autograd when the
+// caller has it on (a text encoder that trains).
+TextConditioning encode_ids(models::CLIPTextModelWithProjection& text_encoder, const torch::Tensor& input_ids);
+
+// tokenize_captions + encode_ids for a frozen text encoder: runs under
 // NoGradGuard and returns tensors on the text encoder's device and dtype. Throws InvalidArgument
 // for an empty caption list.
 TextConditioning encode_captions(const ClipTokenizer& tokenizer,

@@ -424,18 +424,7 @@ torch::Tensor TrainerImpl::encode_tokens(const Batch& batch, const std::vector<S
 TextConditioning TrainerImpl::encode_text(const Batch& batch, const std::vector<Sample>& samples) {
   if (o_.train_text_encoder) {
     // The text encoder trains: encode with autograd (train_amused.py --train_text_encoder).
-    TextConditioning t;
-    const int64_t length = c_.tokenizer->model_max_length();
-    std::vector<int64_t> ids;
-    for (const auto& caption : batch.captions) {
-      auto one = c_.tokenizer->encode_padded(caption, length);
-      ids.insert(ids.end(), one.begin(), one.end());
-    }
-    t.input_ids = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(batch.captions.size()), length}).to(device_);
-    auto out = c_.text_encoder->forward(t.input_ids, /*output_hidden_states=*/true);
-    t.encoder_hidden_states = out.penultimate_hidden_state;
-    t.cond_embeds = out.text_embeds;
-    return t;
+    return encode_ids(c_.text_encoder, tokenize_captions(*c_.tokenizer, batch.captions));
   }
   if (!o_.pre_encode) return encode_captions(*c_.tokenizer, c_.text_encoder, batch.captions);
   // Keyed by the caption: an image with several captions (a list in metadata.jsonl) gets another
