@@ -268,8 +268,6 @@ void Server::Impl::setup() {
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     // The answer is written: the connection's next request has a fresh deadline.
     if (watchdog) watchdog->answered(req.remote_addr, req.remote_port);
-    // After a large body's answer, its thread's freed pages go back too (the parse trims as well).
-    if (req.get_header_value<uint64_t>("Content-Length") > (1u << 20)) give_back_free_memory();
     // Called once the answer is written: a refusal sent before the body lingers here.
     if (t_refused_before_body) {
       t_refused_before_body = false;
@@ -367,6 +365,7 @@ void Server::Impl::setup() {
              if (auto job = find_job(req, res)) send_json(res, 200, queue->describe(job));
            }));
   http.Get(id + "/result", guard([this](const Req& req, Res& res) { jobs_result(req, res); }));
+  http.Get(id + "/preview", guard([this](const Req& req, Res& res) { jobs_preview(req, res); }));
   http.Post(id + "/cancel",
             guard([this](const Req& req, Res& res) { jobs_cancel(req, res, false); }));
   http.Delete(id, guard([this](const Req& req, Res& res) { jobs_cancel(req, res, true); }));
