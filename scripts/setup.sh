@@ -28,6 +28,7 @@ packages=(
   libfreetype-dev libharfbuzz-dev   # `amused dataset emoji`: colour glyphs, emoji sequences
   libwebp-dev             # `amused generate --save-steps`: animated WebP of the steps
   fonts-noto-color-emoji unicode-data unicode-cldr-core  # its images and captions (offline data)
+  fonts-dejavu-core       # the labels of `amused generate --attention-maps` sheets
 )
 
 missing=()

@@ -46,6 +46,7 @@ struct GenerateArgs {
   std::string save_tokens;
   std::string save_steps;          // folder for the step pictures (step_pictures.h)
   bool save_steps_exact = false;   // decode every step's prediction with the VQ-GAN
+  std::string attention_maps;      // folder for the attention sheets (step_pictures.h)
   bool quiet = false, json = false;
   std::string init_image, mask;
   std::optional<double> strength;
@@ -160,11 +161,13 @@ int run(const GenerateArgs& given) {
         throw amused::InvalidArgument("cannot write into folder '" + dir.string() + "': " + std::strerror(errno));
     }
   }
-  if (!a.save_steps.empty()) {
+  for (const auto& [flag, folder] : {std::pair<const char*, const std::string&>{"--save-steps", a.save_steps},
+                                      {"--attention-maps", a.attention_maps}}) {
     std::error_code ec;
-    if (fs::exists(a.save_steps, ec) && !fs::is_directory(a.save_steps, ec))
-      throw amused::InvalidArgument("--save-steps '" + a.save_steps + "' is a file, expected a folder (it is created)");
-  } else if (a.save_steps_exact) {
+    if (!folder.empty() && fs::exists(folder, ec) && !fs::is_directory(folder, ec))
+      throw amused::InvalidArgument(std::string(flag) + " '" + folder + "' is a file, expected a folder (it is created)");
+  }
+  if (a.save_steps.empty() && a.save_steps_exact) {
     throw amused::InvalidArgument("--save-steps-exact needs --save-steps DIR");
   }
   if (!a.save_tokens.empty() && is_dir(a.save_tokens))
@@ -241,9 +244,13 @@ int run(const GenerateArgs& given) {
   const InterruptHandlers interrupt_handlers;
   std::optional<amused::cli::StepRecorder> recorder;
   if (!a.save_steps.empty()) recorder.emplace(*pipe, a.save_steps_exact);
-  req.step_details = recorder.has_value();
+  std::optional<amused::cli::AttentionRecorder> attention;
+  if (!a.attention_maps.empty()) attention.emplace(std::max(8, pipe->summary().vq_scale_factor));
+  req.step_details = recorder.has_value() || attention.has_value();
+  req.attention_maps = attention.has_value();
   const amused::ProgressCallback progress = [&](const amused::StepInfo& s) {
     if (recorder) recorder->record(s);
+    if (attention) attention->record(s);
     bar.update(s.step, s.num_steps, s.elapsed_seconds > 0 ? s.step / s.elapsed_seconds : 0);
     return g_interrupt == 0;  // false: the library throws amused::Cancelled
   };
@@ -273,6 +280,17 @@ int run(const GenerateArgs& given) {
     fs::create_directories(a.save_steps, ec);
     if (ec) throw amused::IoError("--save-steps: cannot create folder '" + a.save_steps + "': " + ec.message());
   }
+  if (attention) {
+    for (auto& f : attention->files(a.attention_maps, result.images)) files.push_back(std::move(f));
+    std::error_code ec;
+    fs::create_directories(a.attention_maps, ec);
+    if (ec)
+      throw amused::IoError("--attention-maps: cannot create folder '" + a.attention_maps + "': " + ec.message());
+    if (attention->labels_missing())
+      std::fprintf(stderr,
+                   "warning: --attention-maps: no font for the labels (install fonts-dejavu-core, or set "
+                   "AMUSED_FONT); img<i>-attention.json names the panels\n");
+  }
   if (g_interrupt) {
     std::fprintf(stderr, "interrupted (signal %d): nothing written\n", static_cast<int>(g_interrupt));
     return 128 + static_cast<int>(g_interrupt);
@@ -290,6 +308,7 @@ int run(const GenerateArgs& given) {
     for (const auto& pth : paths) j["outputs"].push_back(pth.string());
     if (!a.save_tokens.empty()) j["tokens"] = a.save_tokens;
     if (!a.save_steps.empty()) j["steps_folder"] = a.save_steps;
+    if (!a.attention_maps.empty()) j["attention_folder"] = a.attention_maps;
     j["seed"] = result.seed;
     j["model"] = a.model;
     j["width"] = result.images[0].width;
@@ -312,6 +331,9 @@ int run(const GenerateArgs& given) {
     if (!a.save_tokens.empty()) std::printf("wrote %s\n", a.save_tokens.c_str());
     if (!a.save_steps.empty())
       std::printf("wrote the step pictures into %s (img0-sheet.png, img0-steps.webp, ...)\n", a.save_steps.c_str());
+    if (!a.attention_maps.empty())
+      std::printf("wrote the attention maps into %s (img0-attention.png, img0-attention-steps.png, ...)\n",
+                  a.attention_maps.c_str());
     std::printf("load %.2f s, generate %.2f s (text %.2f s, %d steps %.2f s, decode %.2f s)\n",
                 pipe->summary().load_seconds, t.total_s, t.text_encoder_s, static_cast<int>(t.step_s.size()),
                 t.transformer_s + t.scheduler_s, t.vq_decode_s);
@@ -352,6 +374,9 @@ amused::cli::Registrar reg("generate", "Generate images from text prompts", [](C
                  "sheet and an animated WebP per image (docs/interpretability.md)");
   sub.add_flag("--save-steps-exact", a->save_steps_exact,
                "Decode each step's prediction with the VQ-GAN (slower) instead of drawing token colours");
+  sub.add_option("--attention-maps", a->attention_maps,
+                 "Folder for where each word of the prompt drew the image's cross-attention: a sheet over the "
+                 "run, one per step and the numbers as JSON, per image (docs/interpretability.md)");
   sub.add_option("--init-image", a->init_image,
                  "Image-to-image: start from this PNG/JPEG/BMP (sizes not a multiple of the VQ scale factor "
                  "are resized down, with a warning)");

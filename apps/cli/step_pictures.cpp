@@ -10,8 +10,11 @@
 #include <cstdio>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "amused/error.h"
 #include "amused/image_io.h"
+#include "io/text_label.h"
 
 namespace amused::cli {
 namespace {
@@ -131,6 +134,178 @@ std::vector<std::pair<std::filesystem::path, std::string>> StepRecorder::files(
                                         {"columns", std::to_string(steps.size()) + " steps"}}));
     if (i < finals.size()) frames.push_back(scaled(finals[i], w, h));
     out.emplace_back(dir / (stem + "-steps.webp"), encode_webp_animation(frames, 400, 1500));
+  }
+  return out;
+}
+
+AttentionRecorder::AttentionRecorder(int cell) : cell_(std::max(1, cell)) {}
+
+void AttentionRecorder::record(const StepInfo& info) {
+  if (!info.details || info.details->attention.maps.empty()) return;
+  const AttentionMaps& a = info.details->attention;
+  height_ = a.height;
+  width_ = a.width;
+  if (tokens_.empty()) tokens_ = a.tokens;
+  if (maps_.size() < a.maps.size()) maps_.resize(a.maps.size());
+  for (size_t i = 0; i < a.maps.size(); ++i) maps_[i].push_back(a.maps[i]);
+}
+
+bool AttentionRecorder::labels_missing() const { return io::TextPainter::system() == nullptr; }
+
+std::vector<AttentionRecorder::Word> AttentionRecorder::words_of(const std::vector<std::string>& tokens) {
+  std::vector<Word> words;
+  Word current;
+  static const std::string kEnd = "</w>";
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const std::string& tok = tokens[t];
+    // The start and end tokens (first and last) are not words.
+    if ((t == 0 || t + 1 == tokens.size()) && tok.size() > 2 && tok.front() == '<' && tok.back() == '>') continue;
+    const bool ends = tok.size() >= kEnd.size() && tok.compare(tok.size() - kEnd.size(), kEnd.size(), kEnd) == 0;
+    current.text += ends ? tok.substr(0, tok.size() - kEnd.size()) : tok;
+    current.positions.push_back(static_cast<int>(t));
+    if (ends) {
+      words.push_back(std::move(current));
+      current = Word{};
+    }
+  }
+  if (!current.positions.empty()) words.push_back(std::move(current));
+  return words;
+}
+
+namespace {
+constexpr int kLabelPx = 13, kLabelBand = 20, kRowLabel = 64;
+
+// The final image (grey) under a heat colour of `map`, its range [lo, hi] stretched over the whole
+// ramp (token cells of `cell` pixels).
+Image overlay(const Image& base, const std::vector<float>& map, int width, int height, int cell,
+              std::pair<float, float> range) {
+  Image im = blank(width * cell, height * cell);
+  const auto [lo, hi] = range;
+  const float inv = hi > lo ? 1.0f / (hi - lo) : 0.0f;
+  for (int y = 0; y < im.height; ++y)
+    for (int x = 0; x < im.width; ++x) {
+      const auto c = ramp((map[static_cast<size_t>(y / cell) * width + x / cell] - lo) * inv);
+      const uint8_t* b = base.pixels.data() + (static_cast<size_t>(y) * base.width + x) * 3;
+      const float grey = 0.299f * b[0] + 0.587f * b[1] + 0.114f * b[2];
+      uint8_t* o = im.pixels.data() + (static_cast<size_t>(y) * im.width + x) * 3;
+      for (int k = 0; k < 3; ++k) o[k] = static_cast<uint8_t>(std::lround(0.35f * grey + 0.65f * c[k]));
+    }
+  return im;
+}
+
+std::string percent(double share) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f%%", 100.0 * share);
+  return text;
+}
+}  // namespace
+
+std::vector<std::pair<std::filesystem::path, std::string>> AttentionRecorder::files(
+    const std::filesystem::path& dir, const std::vector<Image>& finals) const {
+  std::vector<std::pair<std::filesystem::path, std::string>> out;
+  const size_t hw = static_cast<size_t>(height_) * width_;
+  if (hw == 0) return out;
+  // At least 128 px per panel, so that labels fit under small models' pictures.
+  const int cell = std::max(cell_, (128 + width_ - 1) / width_);
+  const int pw = width_ * cell, ph = height_ * cell;
+  auto painter = io::TextPainter::system();
+  auto label = [&](Image& im, int x, int y, int box, const std::string& text) {
+    if (painter) painter->draw(im, x, y + 3, box, text, kLabelPx, {0, 0, 0});
+  };
+  for (size_t i = 0; i < maps_.size() && i < tokens_.size(); ++i) {
+    const auto& steps = maps_[i];
+    const auto& toks = tokens_[i];
+    if (steps.empty()) continue;
+    const size_t n_steps = steps.size();
+    const auto words = words_of(toks);
+    // Per word: its map at every step (the sum over its tokens' shares) and over the run.
+    std::vector<std::vector<std::vector<float>>> word_steps(words.size());
+    std::vector<std::vector<float>> word_mean(words.size(), std::vector<float>(hw, 0.0f));
+    for (size_t w = 0; w < words.size(); ++w)
+      for (size_t k = 0; k < n_steps; ++k) {
+        std::vector<float> m(hw, 0.0f);
+        for (int t : words[w].positions)
+          for (size_t p = 0; p < hw; ++p) m[p] += steps[k][static_cast<size_t>(t) * hw + p];
+        for (size_t p = 0; p < hw; ++p) word_mean[w][p] += m[p] / static_cast<float>(n_steps);
+        word_steps[w].push_back(std::move(m));
+      }
+    auto mean_of = [&](const std::vector<float>& m) {
+      double sum = 0;
+      for (float v : m) sum += v;
+      return sum / static_cast<double>(hw);
+    };
+    auto range_of = [](const std::vector<float>& m) {
+      if (m.empty()) return std::pair<float, float>{0.0f, 0.0f};
+      const auto [lo, hi] = std::minmax_element(m.begin(), m.end());
+      return std::pair<float, float>{*lo, *hi};
+    };
+    const Image base = i < finals.size() ? scaled(finals[i], pw, ph) : blank(pw, ph, 128);
+    const std::string stem = "img" + std::to_string(i);
+
+    // Over the run: the image, then one panel per word.
+    const int columns = 1 + static_cast<int>(words.size());
+    Image sheet = blank(columns * (pw + kGap) - kGap, ph + kLabelBand);
+    paste(sheet, base, 0, 0);
+    label(sheet, 0, ph, pw, "image");
+    for (size_t w = 0; w < words.size(); ++w) {
+      const int x = static_cast<int>(w + 1) * (pw + kGap);
+      paste(sheet, overlay(base, word_mean[w], width_, height_, cell, range_of(word_mean[w])), x, 0);
+      label(sheet, x, ph, pw, words[w].text + " " + percent(mean_of(word_mean[w])));
+    }
+    out.emplace_back(dir / (stem + "-attention.png"),
+                     encode_png(sheet, {{"columns", "image, then one word each"},
+                                        {"values", "share of cross-attention, averaged over heads, layers and steps"}}));
+
+    // Per step: one row each, the words in columns (each word's colours span its range over the steps).
+    Image grid = blank(kRowLabel + std::max<int>(1, static_cast<int>(words.size())) * (pw + kGap),
+                       kLabelBand + static_cast<int>(n_steps) * (ph + kGap));
+    std::vector<std::pair<float, float>> word_range(words.size());
+    for (size_t w = 0; w < words.size(); ++w)
+      for (size_t k = 0; k < n_steps; ++k) {
+        const auto r = range_of(word_steps[w][k]);
+        word_range[w] = k == 0 ? r : std::pair<float, float>{std::min(word_range[w].first, r.first),
+                                                              std::max(word_range[w].second, r.second)};
+      }
+    for (size_t w = 0; w < words.size(); ++w)
+      label(grid, kRowLabel + static_cast<int>(w) * (pw + kGap), 0, pw, words[w].text);
+    for (size_t k = 0; k < n_steps; ++k) {
+      const int y = kLabelBand + static_cast<int>(k) * (ph + kGap);
+      label(grid, 0, y + ph / 2 - kLabelBand / 2, kRowLabel, "step " + std::to_string(k + 1));
+      for (size_t w = 0; w < words.size(); ++w)
+        paste(grid, overlay(base, word_steps[w][k], width_, height_, cell, word_range[w]),
+              kRowLabel + static_cast<int>(w) * (pw + kGap), y);
+    }
+    out.emplace_back(dir / (stem + "-attention-steps.png"),
+                     encode_png(grid, {{"rows", std::to_string(n_steps) + " steps"}, {"columns", "one word each"}}));
+
+    // The numbers.
+    nlohmann::json j;
+    j["tokens"] = toks;
+    j["grid"] = {{"height", height_}, {"width", width_}};
+    j["steps"] = n_steps;
+    j["words"] = nlohmann::json::array();
+    for (size_t w = 0; w < words.size(); ++w) {
+      nlohmann::json shares = nlohmann::json::array();
+      for (const auto& m : word_steps[w]) shares.push_back(mean_of(m));
+      j["words"].push_back({{"text", words[w].text},
+                            {"positions", words[w].positions},
+                            {"share_per_step", shares},
+                            {"share", mean_of(word_mean[w])},
+                            {"map", word_mean[w]}});
+    }
+    auto token_shares = [&](size_t t) {
+      nlohmann::json shares = nlohmann::json::array();
+      for (const auto& m : steps)
+        shares.push_back(mean_of(std::vector<float>(m.begin() + static_cast<std::ptrdiff_t>(t * hw),
+                                                    m.begin() + static_cast<std::ptrdiff_t>((t + 1) * hw))));
+      return shares;
+    };
+    if (!toks.empty()) {
+      j["start_token_share_per_step"] = token_shares(0);
+      j["end_token_share_per_step"] = token_shares(toks.size() - 1);
+    }
+    out.emplace_back(dir / (stem + "-attention.json"),
+                     j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   return out;
 }

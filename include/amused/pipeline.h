@@ -76,6 +76,21 @@ struct Temperature {
   static Temperature per_step(std::vector<double> v) { return {std::move(v), false}; }
 };
 
+// Where the image attended in its prompt during one denoising step: the transformer's
+// cross-attention probabilities (the image positions are the queries, the prompt's text positions
+// the keys), averaged over the heads and over every cross-attention layer, each layer's grid
+// resampled to the token grid. Conditional half of the batch only (not the negative prompt's).
+struct AttentionMaps {
+  int height = 0, width = 0;  // the token grid
+  // Per image: its prompt's text positions as the tokenizer spells them, the start and end tokens
+  // included ("<|startoftext|>", "a</w>", "red</w>", "apple</w>", "<|endoftext|>"); padding left out.
+  std::vector<std::vector<std::string>> tokens;
+  // Per image: for each of those tokens t, the share of attention each grid position gave it,
+  // [t * height * width + y * width + x]. A position's shares over every text position (padding
+  // included) sum to 1.
+  std::vector<std::vector<float>> maps;
+};
+
 // What one denoising step decided, for every image of the call (batch order: images per prompt
 // tiled [p0, p1, p0, p1]); each grid is row-major h x w. Filled only when
 // GenerationParams::step_details is set (it costs a softmax and a copy to the host per step).
@@ -89,6 +104,8 @@ struct StepDetails {
   // the confidence by which the scheduler chose which tokens stay masked.
   std::vector<std::vector<float>> confidence;
   int64_t mask_token_id = 0;
+  // Where each image attended in its prompt at this step: only with GenerationParams::attention_maps.
+  AttentionMaps attention;
 };
 
 struct StepInfo {
@@ -117,6 +134,8 @@ struct GenerationParams {
   ProgressCallback progress;
   // Fill StepInfo::details for the progress callback (off by default: no cost).
   bool step_details = false;
+  // Also fill StepDetails::attention (implies step_details; off by default: no cost).
+  bool attention_maps = false;
   // LoRA scales for this call by adapter name (adapters not named keep theirs). Run-time adapters
   // (LoadOptions::merge_loras = false) only; for merged ones a different scale is an error.
   std::map<std::string, double> lora_scales;

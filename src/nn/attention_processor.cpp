@@ -1,5 +1,6 @@
 #include "nn/attention_processor.h"
 
+#include "nn/attention_maps.h"
 #include "nn/cond_cache.h"
 #include "nn/execution.h"
 #include "nn/matmul.h"
@@ -7,6 +8,14 @@
 #include <cmath>
 
 namespace amused::nn {
+
+namespace {
+// Cross-attention probabilities to the thread's AttentionMapRecorder, when one is live.
+void record(const torch::Tensor& probs, const torch::Tensor& encoder_hidden_states) {
+  if (!encoder_hidden_states.defined()) return;
+  if (auto* recorder = AttentionMapRecorder::current()) recorder->add(probs);
+}
+}  // namespace
 
 AttentionImpl::AttentionImpl(int64_t query_dim, std::optional<int64_t> cross_attention_dim,
                              int64_t heads_, int64_t dim_head_, double dropout, bool bias,
@@ -52,6 +61,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     auto query = split_heads(to_q->forward_in_weight_dtype(hidden_states));
     auto scores = torch::matmul(query, split_heads(key).transpose(-1, -2)).to(adtype);
     auto attention_probs = (scores * scale).softmax(-1);
+    record(attention_probs, encoder_hidden_states);
     auto out = torch::matmul(attention_probs.to(wdtype), split_heads(value));
     // [B, heads, N, dim_head] -> [B, N, heads * dim_head]
     out = out.transpose(1, 2).reshape({batch_size, -1, heads * dim_head});
@@ -79,9 +89,11 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
   if (low_weights && wdtype != query.scalar_type()) {
     auto scores = torch::matmul(query.to(wdtype), key.to(wdtype).transpose(-1, -2)).to(query.scalar_type());
     auto attention_probs = (scores * scale).softmax(-1);
+    record(attention_probs, encoder_hidden_states);
     out = torch::matmul(attention_probs.to(wdtype), value.to(wdtype)).to(query.scalar_type());
   } else {
     auto attention_probs = (batched_matmul(query, key.transpose(-1, -2)) * scale).softmax(-1);
+    record(attention_probs, encoder_hidden_states);
     out = batched_matmul(attention_probs, value);
   }
   // [B, heads, N, dim_head] -> [B, N, heads * dim_head]

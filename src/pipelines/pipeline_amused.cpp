@@ -13,6 +13,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "core/log.h"
@@ -22,6 +23,7 @@
 #include "pipelines/components.h"
 #include "io/state_dict.h"
 #include "models/flops.h"
+#include "nn/attention_maps.h"
 #include "nn/cond_cache.h"
 #include "nn/execution.h"
 #include "amused/image_io.h"
@@ -45,11 +47,6 @@ void log_phase(const std::string& what, double seconds) {
                   (mi.uordblks + mi.hblkhd) / 1048576.0, mi.fordblks / 1048576.0);
 #endif
   log::debug(buf);
-}
-
-std::string lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 }  // namespace
@@ -187,6 +184,9 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
   // adaptive-norm modulations are computed once (bit-identical to recomputing them).
   AllocationScope reuse_activations(AllocationPhase::kDenoise);  // steps reuse each other's memory
   nn::ConditioningCache cond_cache;
+  // Cross-attention maps, recorded only when asked (a thread-local check per attention otherwise).
+  std::optional<nn::AttentionMapRecorder> attention_recorder;
+  if (req.attention_maps && req.step_details) attention_recorder.emplace();
   for (int i = req.start_step; i < n; ++i) {
     const auto t_step = Clock::now();
     const int64_t t = timesteps[i].item<int64_t>();
@@ -197,6 +197,11 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
     if (req.guidance) {
       auto chunks = logits.chunk(2);
       logits = chunks[0] + req.guidance_scale * (chunks[1] - chunks[0]);
+    }
+    torch::Tensor attention;  // [B, M, h, w] of the conditional rows
+    if (attention_recorder) {
+      attention = attention_recorder->take(latents.size(1), latents.size(2));
+      if (attention.defined() && req.guidance) attention = attention.chunk(2)[1];
     }
     sync();
     const auto t_sched = Clock::now();
@@ -210,7 +215,8 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
       auto probs = logits.to(torch::kFloat32).softmax(1);
       auto conf = probs.gather(1, stepped.pred_original_sample.unsqueeze(1)).squeeze(1);
       conf = torch::where(latents == scheduler_config.mask_token_id, conf, torch::ones_like(conf));
-      details = step_details(stepped.prev_sample, stepped.pred_original_sample, conf);
+      details = step_details(stepped.prev_sample, stepped.pred_original_sample, conf, attention,
+                             req.attention_tokens);
     }
     latents = stepped.prev_sample;
     sync();
@@ -230,7 +236,8 @@ torch::Tensor Pipeline::Impl::denoise(torch::Tensor latents, const DenoiseReques
 }
 
 StepDetails Pipeline::Impl::step_details(const torch::Tensor& tokens, const torch::Tensor& predicted,
-                                         const torch::Tensor& confidence) const {
+                                         const torch::Tensor& confidence, const torch::Tensor& attention,
+                                         const std::vector<std::vector<std::string>>& attention_tokens) const {
   StepDetails d;
   d.mask_token_id = scheduler_config.mask_token_id;
   const auto t = tokens.to(torch::kCPU).contiguous();
@@ -246,6 +253,19 @@ StepDetails Pipeline::Impl::step_details(const torch::Tensor& tokens, const torc
     d.tokens.push_back(std::move(tg));
     d.predicted.push_back(std::move(pg));
     d.confidence.emplace_back(c[b].data_ptr<float>(), c[b].data_ptr<float>() + n);
+  }
+  if (attention.defined()) {
+    // [B, M, h, w] float32 on the CPU (AttentionMapRecorder::take); each image keeps its prompt's
+    // text positions.
+    d.attention.height = static_cast<int>(h);
+    d.attention.width = static_cast<int>(w);
+    for (int64_t b = 0; b < attention.size(0); ++b) {
+      const auto& toks = attention_tokens.at(static_cast<size_t>(b));
+      const int64_t m = std::min<int64_t>(static_cast<int64_t>(toks.size()), attention.size(1));
+      const float* a = attention[b].data_ptr<float>();
+      d.attention.tokens.emplace_back(toks.begin(), toks.begin() + m);
+      d.attention.maps.emplace_back(a, a + m * n);
+    }
   }
   return d;
 }
@@ -586,12 +606,36 @@ DenoiseRequest Pipeline::Impl::prepare(const GenerationParams& params, int width
   req.temperature = params.temperature;
   req.masking_schedule = params.masking_schedule;
   req.progress = params.progress;
-  req.step_details = params.step_details && params.progress;
+  req.step_details = (params.step_details || params.attention_maps) && params.progress;
+  if (params.attention_maps && req.step_details) {
+    // The text positions of each image's prompt (batch order: prompts tiled), as the text encoder
+    // read them: start token, at most model_max_length - 2 tokens, end token.
+    const int64_t length = tokenizer->model_max_length();
+    const std::string bos = tokenizer->decode({tokenizer->bos_token_id()}, false);
+    const std::string eos = tokenizer->decode({tokenizer->eos_token_id()}, false);
+    std::vector<std::vector<std::string>> per_prompt;
+    for (const auto& p : params.prompts) {
+      // A long prompt's labels come from its first few KiB (cut at a space), as encode_padded reads it.
+      std::string text = p;
+      if (text.size() > ClipTokenizer::kPrefixBytes) {
+        const size_t cut = text.rfind(' ', ClipTokenizer::kPrefixBytes);
+        text.resize(cut == std::string::npos || cut == 0 ? ClipTokenizer::kPrefixBytes : cut);
+      }
+      std::vector<std::string> t = tokenizer->tokenize(text);
+      if (static_cast<int64_t>(t.size()) > length - 2) t.resize(static_cast<size_t>(std::max<int64_t>(0, length - 2)));
+      t.insert(t.begin(), bos);
+      t.push_back(eos);
+      per_prompt.push_back(std::move(t));
+    }
+    req.attention_maps = true;
+    for (int64_t b = 0; b < batch; ++b)
+      req.attention_tokens.push_back(per_prompt[static_cast<size_t>(b) % per_prompt.size()]);
+  }
   return req;
 }
 
-Image Pipeline::Impl::prepare_input_image(const Image& image, std::optional<int> width,
-                                          std::optional<int> height) const {
+Image Pipeline::Impl::prepare_input_image(const Image& image, std::optional<int> width, std::optional<int> height,
+                                          const GenerationParams& params) const {
   if (image.width <= 0 || image.height <= 0 || image.channels != 3 ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3)
     throw InvalidArgument("input image must be 8-bit RGB with width*height*3 pixels");
@@ -606,7 +650,9 @@ Image Pipeline::Impl::prepare_input_image(const Image& image, std::optional<int>
               " is not a multiple of " + std::to_string(scale) + "; resized to " + std::to_string(w) + "x" +
               std::to_string(h) + " (Lanczos)");
   }
+  // The size it will have, checked (and its request's memory) before it is resized.
   check_size(w, h);
+  check_memory(params, w, h);
   return resize_image(image, w, h);
 }
 

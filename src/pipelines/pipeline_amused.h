@@ -61,6 +61,9 @@ struct DenoiseRequest {
   double starting_mask_ratio = 1.0;
   ProgressCallback progress;
   bool step_details = false;  // fill StepInfo::details
+  // Fill StepDetails::attention (with step_details), with these text tokens per image.
+  bool attention_maps = false;
+  std::vector<std::vector<std::string>> attention_tokens;
 };
 
 struct Pipeline::Impl {
@@ -103,8 +106,10 @@ struct Pipeline::Impl {
   // to bound peak memory).
   torch::Tensor decode(const torch::Tensor& latents, Timings& timings);
   // One step's tokens, predictions [B, h, w] and confidences as the API's StepDetails.
+  // `attention`: [B, M, h, w] cross-attention maps of the conditional rows, or undefined.
   StepDetails step_details(const torch::Tensor& tokens, const torch::Tensor& predicted,
-                           const torch::Tensor& confidence) const;
+                           const torch::Tensor& confidence, const torch::Tensor& attention = {},
+                           const std::vector<std::vector<std::string>>& attention_tokens = {}) const;
   // Complete grids (ids in the codebook) -> [B, h, w] int64 on the device; InvalidArgument otherwise.
   torch::Tensor grids_to_tensor(const std::vector<TokenGrid>& grids) const;
 
@@ -129,7 +134,8 @@ struct Pipeline::Impl {
 
   // An input image brought to the size the VQ-GAN accepts: explicit width/height, else its own
   // size rounded down to a multiple of the scale factor (with a warning when that changes it).
-  Image prepare_input_image(const Image& image, std::optional<int> width, std::optional<int> height) const;
+  Image prepare_input_image(const Image& image, std::optional<int> width, std::optional<int> height,
+                            const GenerationParams& params) const;
   // RGB8 image -> VQ token ids [1, h, w] (int64, on the device): pixels / 255, encode, nearest code.
   torch::Tensor encode_image_tokens(const Image& image);
 

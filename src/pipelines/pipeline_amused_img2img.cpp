@@ -49,17 +49,7 @@ GenerationResult Pipeline::Impl::edit(const GenerationParams& params, const Edit
                           std::to_string(params.num_inference_steps) +
                           " steps runs no step (int(steps * strength) = 0), which would leave the masked part "
                           "unfilled: raise the strength or the steps");
-  {
-    // The size the input will have, checked before it is resized.
-    const int scale = static_cast<int>(vq_scale_factor);
-    const int w = in.width.value_or(in.image.width / scale * scale);
-    const int h = in.height.value_or(in.image.height / scale * scale);
-    if (w > 0 && h > 0) {
-      check_size(w, h);
-      check_memory(params, w, h);
-    }
-  }
-  const Image image = prepare_input_image(in.image, in.width, in.height);
+  const Image image = prepare_input_image(in.image, in.width, in.height, params);
   const int64_t scale = vq_scale_factor;
   const int64_t h = image.height / scale, w = image.width / scale;
   const int64_t np = static_cast<int64_t>(params.prompts.size());

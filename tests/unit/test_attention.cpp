@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "nn/attention_maps.h"
 #include "nn/attention_processor.h"
 #include "nn/cond_cache.h"
 #include "nn/execution.h"
@@ -72,3 +73,57 @@ TEST(AttentionMixed, BiasedProjectionsAreBitIdentical) {
 }
 
 }  // namespace
+
+// Attention maps (issue 18): a live AttentionMapRecorder receives each cross-attention's
+// probabilities averaged over heads; take() gives [B, M, h, w], every layer resampled to the grid
+// and averaged. Self-attention and calls outside a recorder are not recorded.
+namespace {
+torch::Tensor reference_map(amused::nn::AttentionImpl& a, const torch::Tensor& x, const torch::Tensor& ctx,
+                            int64_t gh, int64_t gw) {
+  const int64_t B = x.size(0);
+  auto heads = [&](const torch::Tensor& t) { return t.reshape({B, -1, a.heads, a.dim_head}).transpose(1, 2); };
+  auto probs = (torch::matmul(heads(a.to_q(x)), heads(a.to_k(ctx)).transpose(-1, -2)) * a.scale).softmax(-1);
+  return probs.mean(1).permute({0, 2, 1}).reshape({B, ctx.size(1), gh, gw});  // [B, M, gh, gw]
+}
+}  // namespace
+
+TEST(AttentionMaps, RecorderAveragesHeadsAndLayersOverTheGrid) {
+  torch::manual_seed(5);
+  torch::NoGradGuard g;
+  amused::nn::Attention a(8, 6, 2, 4);
+  a->reset_parameters();
+  const auto x = torch::randn({2, 16, 8});  // a 4x4 grid
+  const auto coarse = torch::randn({2, 4, 8});  // a 2x2 grid (a downsampled block)
+  const auto ctx = torch::randn({2, 5, 6});
+  a->forward(x, ctx);  // no recorder: nothing happens
+  amused::nn::AttentionMapRecorder rec;
+  EXPECT_EQ(amused::nn::AttentionMapRecorder::current(), &rec);
+  amused::nn::Attention self_attention(8, std::nullopt, 2, 4);
+  self_attention->reset_parameters();
+  self_attention->forward(x);  // self-attention: not recorded
+  EXPECT_EQ(rec.layers(), 0);
+  a->forward(x, ctx);
+  EXPECT_EQ(rec.layers(), 1);
+  auto one = rec.take(4, 4);
+  ASSERT_EQ(one.sizes(), (std::vector<int64_t>{2, 5, 4, 4}));
+  EXPECT_TRUE(torch::allclose(one, reference_map(*a, x, ctx, 4, 4), 1e-6, 1e-6));
+  // Shares over the text positions sum to 1 at every image position.
+  EXPECT_TRUE(torch::allclose(one.sum(1), torch::ones({2, 4, 4}), 1e-5, 1e-5));
+  EXPECT_EQ(rec.layers(), 0);  // take() clears
+  EXPECT_FALSE(rec.take(4, 4).defined());
+
+  a->forward(x, ctx);
+  a->forward(coarse, ctx);
+  auto two = rec.take(4, 4);
+  const auto up = torch::nn::functional::interpolate(
+      reference_map(*a, coarse, ctx, 2, 2),
+      torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{4, 4}).mode(torch::kBilinear).align_corners(false));
+  EXPECT_TRUE(torch::allclose(two, (reference_map(*a, x, ctx, 4, 4) + up) / 2, 1e-6, 1e-6));
+  {
+    amused::nn::AttentionMapRecorder inner;  // nests: the innermost is live
+    a->forward(x, ctx);
+    EXPECT_EQ(inner.layers(), 1);
+    EXPECT_EQ(rec.layers(), 0);
+  }
+  EXPECT_EQ(amused::nn::AttentionMapRecorder::current(), &rec);
+}
