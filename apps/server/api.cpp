@@ -32,7 +32,8 @@ const std::set<std::string> kCommonFields = {"prompt",
                                              "masking_schedule",
                                              "loras",
                                              "stream",
-                                             "partial_images"};
+                                             "partial_images",
+                                             "preview"};
 const std::set<std::string> kEditFields = {"image", "mask", "strength"};
 
 std::string type_name(const json& v) {
@@ -247,7 +248,17 @@ std::optional<ApiError> validate_fields(const json& j, Endpoint endpoint,
     return invalid("partial_images", "'partial_images' needs 'stream': true (they are sent as server-sent events)");
   if (r.stream && r.n != 1)
     return invalid("stream", "'stream': true produces one image: 'n' must be 1, got " + std::to_string(r.n));
-  r.step_details = r.partial_images > 0;  // the previews come from each step's prediction
+  if (has("preview")) {
+    const json& v = j.at("preview");
+    if (!v.is_boolean()) return wrong_type("preview", "a boolean", v);
+    r.preview = v.get<bool>();
+    if (r.preview && endpoint != Endpoint::Jobs)
+      return invalid("preview",
+                     "'preview' is for the job API (POST /v1/jobs, then GET /v1/jobs/{id}/preview); a "
+                     "synchronous request gets previews with 'stream': true and 'partial_images'");
+  }
+  // The previews come from each step's prediction.
+  r.step_details = r.partial_images > 0 || r.preview;
   if (has("steps") && (e = get_int(j.at("steps"), "steps", 1, limits.max_steps, r.steps))) return e;
   if (has("size")) {
     std::string size;
@@ -639,9 +650,10 @@ Parsed<GenerationRequest> parse_multipart_request(const std::vector<FormField>& 
       if (parsed.is_discarded())
         return invalid(f.name, "'loras' must be a JSON object {\"adapter name\": scale}", "invalid_type");
       j[f.name] = parsed;
-    } else if (f.name == "stream") {
+    } else if (f.name == "stream" || f.name == "preview") {
       if (f.content != "true" && f.content != "false")
-        return invalid(f.name, "'stream' must be true or false, got '" + f.content.substr(0, 64) + "'", "invalid_type");
+        return invalid(f.name, "'" + f.name + "' must be true or false, got '" + f.content.substr(0, 64) + "'",
+                       "invalid_type");
       j[f.name] = f.content == "true";
     } else if (kNumbers.count(f.name)) {
       const auto d = parse_double(f.content);

@@ -71,6 +71,13 @@ json job_json(const Job& job, std::optional<size_t> queue_position) {
   if (queue_position) j["queue_position"] = *queue_position;
   if (job.error) j["error"] = job.error->to_json()["error"];
   if (job.status == JobStatus::Succeeded) j["result_url"] = "/v1/jobs/" + job.id + "/result";
+  if (job.request.preview) {
+    std::lock_guard<std::mutex> lock(job.partials->mu);
+    if (job.partials->preview_step > 0)
+      j["progress"]["preview"] = {{"step", job.partials->preview_step},
+                                  {"images", job.partials->preview_pngs.size()},
+                                  {"url", "/v1/jobs/" + job.id + "/preview"}};
+  }
   return j;
 }
 

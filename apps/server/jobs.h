@@ -35,10 +35,14 @@ struct Job {
   int64_t created = 0;  // unix seconds
   // Optional: false once the client of a synchronous request has gone (checked at every step).
   std::function<bool()> client_alive;
-  // Partial images (PNG bytes) of a streamed request, added by the worker as the steps run.
+  // Partial images (PNG bytes) of a streamed request, added by the worker as the steps run, and
+  // the latest step's previews of a job asked with `preview` (one PNG per image).
   struct Partials {
     std::mutex mu;
     std::vector<std::string> pngs;
+    std::string size;      // "WxH" of the partial images
+    int preview_step = 0;  // 0: none yet
+    std::vector<std::string> preview_pngs;
   };
   std::shared_ptr<Partials> partials = std::make_shared<Partials>();
 

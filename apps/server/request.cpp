@@ -67,6 +67,7 @@ GenerationCall to_params(const GenerationRequest& r) {
   p.seed = r.seed;
   p.lora_scales = r.loras;
   p.step_details = r.step_details;
+  p.attention_maps = r.attention_maps;
   if (r.mode == GenerationMode::Inpaint) {
     call.inpaint.image = r.image;
     call.inpaint.mask = r.mask;

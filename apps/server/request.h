@@ -38,10 +38,13 @@ struct GenerationRequest {
   MaskingSchedule masking_schedule = MaskingSchedule::FromConfig;  // FromConfig: the model's
   std::map<std::string, double> loras;  // LoRA scales of this request by adapter name
   bool step_details = false;            // StepInfo::details for the progress callback
+  bool attention_maps = false;          // StepDetails::attention too
   // Server-sent events instead of one JSON answer (OpenAI's `stream`), with up to 3 partial
   // images (`partial_images`): previews of the prediction at evenly spaced steps.
   bool stream = false;
   int partial_images = 0;
+  // Job API: a preview of the prediction after every step (GET /v1/jobs/{id}/preview).
+  bool preview = false;
   std::optional<double> strength;       // edits only; default 0.5 (img2img) or 1.0 (inpaint)
   Image image, mask;
   // What the PNG metadata records for the inputs: the CLI's paths, the server's upload names.

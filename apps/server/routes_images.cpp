@@ -29,10 +29,21 @@ json Server::Impl::generate(const Job& job, const JobQueue::Progress& progress) 
       for (int k = 0; k < p; ++k) emit = emit || s.step == std::max(1, (n * (k + 1) + p) / (p + 1));
       if (emit) {
         const int cell = std::max<int>(1, pipeline.summary().vq_scale_factor);
-        std::string png = encode_png(pipeline.preview(s.details->predicted.at(0), cell));
+        const TokenGrid& grid = s.details->predicted.at(0);
+        std::string png = encode_png(pipeline.preview(grid, cell));
         std::lock_guard<std::mutex> lock(job.partials->mu);
         job.partials->pngs.push_back(std::move(png));
+        job.partials->size = std::to_string(grid.width * cell) + "x" + std::to_string(grid.height * cell);
       }
+    }
+    if (r.preview && s.details) {
+      // Job API: the prediction after every step, one PNG per image.
+      const int cell = std::max<int>(1, pipeline.summary().vq_scale_factor);
+      std::vector<std::string> pngs;
+      for (const auto& grid : s.details->predicted) pngs.push_back(encode_png(pipeline.preview(grid, cell)));
+      std::lock_guard<std::mutex> lock(job.partials->mu);
+      job.partials->preview_pngs = std::move(pngs);
+      job.partials->preview_step = s.step;
     }
     return progress(s.step, s.num_steps, s.step_seconds);
   };
@@ -132,14 +143,20 @@ void Server::Impl::stream_events(httplib::Response& res, const std::shared_ptr<J
         };
         const bool finished = queue->wait(job, std::chrono::milliseconds(50));
         std::vector<std::string> fresh;
+        std::string size;
         {
           std::lock_guard<std::mutex> lock(job->partials->mu);
           fresh.assign(job->partials->pngs.begin() + static_cast<std::ptrdiff_t>(sent), job->partials->pngs.end());
+          size = job->partials->size;
         }
+        // The fields of OpenAI's events (quality and background have no meaning here: "auto", "opaque").
         for (const auto& png : fresh) {
           if (!event(prefix + "partial_image", {{"type", prefix + "partial_image"},
                                                 {"b64_json", base64_encode(png)},
                                                 {"created_at", unix_now()},
+                                                {"size", size},
+                                                {"quality", "auto"},
+                                                {"background", "opaque"},
                                                 {"output_format", "png"},
                                                 {"partial_image_index", sent}})) {
             queue->cancel(job);  // the client went away
@@ -158,9 +175,12 @@ void Server::Impl::stream_events(httplib::Response& res, const std::shared_ptr<J
                                          {"b64_json", item.at("b64_json")},
                                          {"created_at", r.value("created", unix_now())},
                                          {"size", std::to_string(w) + "x" + std::to_string(h)},
+                                         {"quality", "auto"},
+                                         {"background", "opaque"},
                                          {"output_format", "png"},
                                          {"seed", item.value("seed", json())},
                                          {"usage", {{"input_tokens", 0},
+                                                    {"input_tokens_details", {{"image_tokens", 0}, {"text_tokens", 0}}},
                                                     {"output_tokens", tokens},
                                                     {"total_tokens", tokens}}}});
           }

@@ -35,6 +35,44 @@ void Server::Impl::jobs_result(const httplib::Request& req, httplib::Response& r
   finish_sync(res, job);
 }
 
+void Server::Impl::jobs_preview(const httplib::Request& req, httplib::Response& res) {
+  auto job = find_job(req, res);
+  if (!job) return;
+  if (!job->request.preview)
+    return send_error(res, error_of(404, "invalid_request_error", "no_preview",
+                                    "job '" + job->id + "' was not submitted with \"preview\": true (add it to the "
+                                    "POST /v1/jobs body to get a preview after every step)"));
+  size_t index = 0;
+  if (req.has_param("image")) {
+    const std::string v = req.get_param_value("image");
+    const bool ok = !v.empty() && v.size() <= 6 && v.find_first_not_of("0123456789") == std::string::npos;
+    if (!ok) return send_error(res, invalid("image", "'image' must be an image index (0, 1, ...), got '" +
+                                                       v.substr(0, 32) + "'"));
+    index = std::stoul(v);
+  }
+  std::string png;
+  int step = 0;
+  size_t images = 0;
+  {
+    std::lock_guard<std::mutex> lock(job->partials->mu);
+    step = job->partials->preview_step;
+    images = job->partials->preview_pngs.size();
+    if (index < images) png = job->partials->preview_pngs[index];
+  }
+  if (step == 0) {
+    res.set_header("Retry-After", "1");
+    return send_error(res, error_of(409, "invalid_request_error", "preview_not_ready",
+                                    std::string("no step has finished yet (the job is ") +
+                                        to_string(queue->status(job)) + "); poll again"));
+  }
+  if (index >= images)
+    return send_error(res, invalid("image", "the job has " + std::to_string(images) + " image(s); 'image' " +
+                                                std::to_string(index) + " is out of range"));
+  res.set_header("X-Amused-Step", std::to_string(step));
+  res.set_header("Cache-Control", "no-store");
+  res.set_content(png, "image/png");
+}
+
 void Server::Impl::jobs_cancel(const httplib::Request& req, httplib::Response& res, bool is_delete) {
   auto job = find_job(req, res);
   if (!job) return;

@@ -131,6 +131,7 @@ struct Server::Impl {
   void jobs_submit(const httplib::Request& req, httplib::Response& res, Parsed<GenerationRequest>&& parsed);
   std::shared_ptr<Job> find_job(const httplib::Request& req, httplib::Response& res);
   void jobs_result(const httplib::Request& req, httplib::Response& res);
+  void jobs_preview(const httplib::Request& req, httplib::Response& res);
   void jobs_cancel(const httplib::Request& req, httplib::Response& res, bool is_delete);
 
   // routes_info.cpp: health, models, metrics.

@@ -855,3 +855,169 @@ TEST(ServerE2E, StreamsPartialImagesAsServerSentEvents) {
                "partial_images");
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
+
+// A server-sent-events reader as the SSE specification (and the OpenAI SDKs' decoders) reads a
+// stream: bytes in any chunks, lines ending in LF, CRLF or CR, `field: value` with one optional
+// space, several `data` lines joined by LF, comments (`:`), an event dispatched at a blank line.
+class SseReader {
+ public:
+  struct Event {
+    std::string type;  // "message" when no `event` field
+    std::string data;
+  };
+  void feed(const char* bytes, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      const char ch = bytes[i];
+      if (after_cr_ && ch == '\n') {
+        after_cr_ = false;
+        continue;
+      }
+      after_cr_ = ch == '\r';
+      if (ch == '\n' || ch == '\r') {
+        line(line_);
+        line_.clear();
+      } else {
+        line_ += ch;
+      }
+    }
+  }
+  std::vector<Event> events;
+
+ private:
+  void line(const std::string& l) {
+    if (l.empty()) {
+      if (has_data_) events.push_back({type_.empty() ? "message" : type_, data_});
+      type_.clear();
+      data_.clear();
+      has_data_ = false;
+      return;
+    }
+    if (l[0] == ':') return;  // a comment
+    const size_t colon = l.find(':');
+    const std::string field = l.substr(0, colon);
+    std::string value = colon == std::string::npos ? "" : l.substr(colon + 1);
+    if (!value.empty() && value[0] == ' ') value.erase(0, 1);
+    if (field == "event") type_ = value;
+    if (field == "data") {
+      if (has_data_) data_ += '\n';
+      data_ += value;
+      has_data_ = true;
+    }
+  }
+  std::string line_, type_, data_;
+  bool has_data_ = false, after_cr_ = false;
+};
+
+// What an SSE client sees (issue 18): the events arrive as the steps run, not all at the end; each
+// has the fields of OpenAI's `image_generation.partial_image` / `.completed` event types, and the
+// completed image is the unstreamed request's.
+TEST(ServerE2E, StreamedEventsArriveWhileTheImageIsMade) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server({"--max-side", "64"});
+  auto c = server.client();
+  auto watcher = server.client();
+  // Long enough (100 steps at 32x32 tokens, about 3 s) that the partials of steps 25 and 50 come well
+  // before the end.
+  const json gen = {{"prompt", "a slow fox"}, {"seed", 3}, {"steps", 100}, {"size", "64x64"}};
+  auto plain = c->Post("/v1/images/generations", gen.dump(), "application/json");
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+
+  json streamed = gen;
+  streamed["stream"] = true;
+  streamed["partial_images"] = 3;
+  SseReader sse;
+  std::vector<bool> running_when_received;  // per event: was the job still running?
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/images/generations";
+  req.headers = {{"Content-Type", "application/json"}, {"Accept", "text/event-stream"}};
+  req.body = streamed.dump();
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    const size_t before = sse.events.size();
+    sse.feed(data, n);
+    for (size_t i = before; i < sse.events.size(); ++i) {
+      const json m = body_of(watcher->Get("/metrics?format=json"));
+      running_when_received.push_back(m["queue"]["running"] == true);
+    }
+    return true;
+  };
+  auto r = c->send(req);
+  ASSERT_TRUE(r) << httplib::to_string(r.error());
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  ASSERT_EQ(sse.events.size(), 4u);
+  for (int i = 0; i < 3; ++i) {
+    const auto& e = sse.events[static_cast<size_t>(i)];
+    EXPECT_EQ(e.type, "image_generation.partial_image");
+    const json d = json::parse(e.data);
+    EXPECT_EQ(d["type"], "image_generation.partial_image");
+    EXPECT_EQ(d["partial_image_index"], i);
+    for (const char* f : {"b64_json", "created_at", "size", "quality", "background", "output_format"})
+      EXPECT_TRUE(d.contains(f)) << "partial_image event without '" << f << "': " << e.data.substr(0, 200);
+    EXPECT_EQ(d["size"], "64x64");
+    const auto png = amused::server::base64_decode(d["b64_json"].get<std::string>());
+    ASSERT_TRUE(png);
+    const auto im = amused::decode_image(*png, "partial");
+    EXPECT_EQ(im.width, 64);
+    EXPECT_EQ(im.height, 64);
+    // Sent during the generation, not kept for the end.
+    if (i < 2) EXPECT_TRUE(running_when_received[static_cast<size_t>(i)]) << "partial " << i << " came after the end";
+  }
+  const json done = json::parse(sse.events[3].data);
+  EXPECT_EQ(sse.events[3].type, "image_generation.completed");
+  EXPECT_EQ(done["type"], "image_generation.completed");
+  for (const char* f : {"b64_json", "created_at", "size", "quality", "background", "output_format", "usage"})
+    EXPECT_TRUE(done.contains(f)) << "completed event without '" << f << "'";
+  EXPECT_EQ(done["usage"]["output_tokens"], 32 * 32);  // tiny-a: a token is 2x2 pixels
+  EXPECT_EQ(done["b64_json"], body_of(plain)["data"][0]["b64_json"]);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// The job API's progress carries a preview of the prediction after every step (issue 18), asked
+// with "preview": true and read at GET /v1/jobs/{id}/preview.
+TEST(ServerE2E, JobProgressHasStepPreviews) {
+  AMUSED_REQUIRE_GOLDEN();
+  ServeProcess server;
+  auto c = server.client();
+  const json slow = {{"prompt", "a fox"}, {"steps", 100}, {"n", 2}, {"size", "32x32"}, {"preview", true}};
+  auto r = c->Post("/v1/jobs", slow.dump(), "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 202) << r->body;
+  const std::string id = body_of(r)["id"];
+  const json running = poll_job(*c, id, [](const json& j) { return j["progress"].contains("preview"); });
+  ASSERT_TRUE(running["progress"].contains("preview")) << running;
+  const json& pv = running["progress"]["preview"];
+  EXPECT_GE(pv["step"].get<int>(), 1);
+  EXPECT_EQ(pv["images"], 2);
+  EXPECT_EQ(pv["url"], "/v1/jobs/" + id + "/preview");
+  for (int i = 0; i < 2; ++i) {
+    auto p = c->Get(("/v1/jobs/" + id + "/preview?image=" + std::to_string(i)).c_str());
+    ASSERT_TRUE(p);
+    ASSERT_EQ(p->status, 200) << p->body;
+    EXPECT_EQ(p->get_header_value("Content-Type"), "image/png");
+    EXPECT_GE(std::atoi(p->get_header_value("X-Amused-Step").c_str()), 1);
+    const auto im = amused::decode_image(p->body, "preview");
+    EXPECT_EQ(im.width, 32);
+    EXPECT_EQ(im.height, 32);
+  }
+  expect_error(c->Get(("/v1/jobs/" + id + "/preview?image=2").c_str()), 400, "invalid_value", "image out of range");
+  expect_error(c->Get(("/v1/jobs/" + id + "/preview?image=x").c_str()), 400, "invalid_value", "image not a number");
+  // The preview advances with the steps; the last one is the final prediction.
+  const json done = poll_job(*c, id, [](const json& j) { return j["status"] == "succeeded"; });
+  ASSERT_EQ(done["status"], "succeeded") << done;
+  EXPECT_EQ(done["progress"]["preview"]["step"], 100);
+
+  // Without "preview": a clear 404; on a synchronous endpoint: refused.
+  r = c->Post("/v1/jobs", json({{"prompt", "x"}, {"steps", 2}}).dump(), "application/json");
+  ASSERT_TRUE(r);
+  const std::string plain = body_of(r)["id"];
+  poll_job(*c, plain, [](const json& j) { return j["status"] == "succeeded"; });
+  EXPECT_FALSE(body_of(c->Get(("/v1/jobs/" + plain).c_str()))["progress"].contains("preview"));
+  expect_error(c->Get(("/v1/jobs/" + plain + "/preview").c_str()), 404, "no_preview", "job without preview");
+  expect_error(c->Post("/v1/images/generations", json({{"prompt", "x"}, {"preview", true}}).dump(), "application/json"),
+               400, "invalid_value", "preview on a sync endpoint");
+  expect_error(c->Post("/v1/jobs", json({{"prompt", "x"}, {"preview", 1}}).dump(), "application/json"), 400,
+               "invalid_type", "preview not a boolean");
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
